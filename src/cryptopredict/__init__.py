@@ -1,0 +1,3 @@
+"""cryptopredict: crypto direction/volatility prediction with honest, walk-forward evaluation on Ray."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,134 @@
+"""The ``cryptopredict`` command. Subcommands map 1:1 onto the entry points in ``jobs/``.
+
+A user error (bad flag, bad config, missing file, unknown symbol) prints one line naming the bad input and
+exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptopredict import __version__
+from cryptopredict.config import Config, ConfigError, load_config
+
+log = logging.getLogger("cryptopredict")
+
+USER_ERRORS = (ConfigError, ValueError, FileNotFoundError, KeyError)
+
+
+class UserError(Exception):
+    """An error in what the user asked for; printed as one line, exit status 2."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set ingest.symbols=[BTCUSDT,ETHUSDT]")
+    parser.add_argument("--lake-root", default=None, help="lake root: a directory or s3://bucket/prefix")
+    parser.add_argument("--parallelism", choices=["data", "tasks", "serial"], default=None,
+                        help="per-symbol work on Ray Data (default), Ray tasks, or in-process")
+    parser.add_argument("--symbols", default=None, help="comma-separated symbols, e.g. BTCUSDT,ETHUSDT")
+    parser.add_argument("--verbose", "-v", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cryptopredict", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cryptopredict {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the main job: ingest the shipped dataset into the lake and report")
+    _common(run)
+
+    ingest = sub.add_parser("ingest", help="ingest into the lake, per symbol on Ray, and print the report")
+    _common(ingest)
+    ingest.add_argument("--from", dest="source_dir", default=None,
+                        help="the shipped snapshot folder to ingest from (default: ingest.snapshot_dir)")
+    ingest.add_argument("--report", default=None, help="also write the report as JSON to this path")
+
+    lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
+    _common(lake)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if args.lake_root:
+        overrides.append(f"lake.root={args.lake_root}")
+    if args.parallelism:
+        overrides.append(f"ray.parallelism={args.parallelism}")
+    if args.symbols:
+        symbols = [s.strip() for s in args.symbols.split(",") if s.strip()]
+        if not symbols:
+            raise UserError("--symbols: give at least one symbol, e.g. BTCUSDT,ETHUSDT")
+        overrides.append("ingest.symbols=[" + ",".join(symbols) + "]")
+    if getattr(args, "source_dir", None):
+        overrides.append(f"ingest.snapshot_dir={args.source_dir}")
+    return load_config(args.config, overrides)
+
+
+def cmd_ingest(cfg: Config, report_path: str | None) -> int:
+    from cryptopredict.data import ingest_report
+    from cryptopredict.data.ingest import ingest_unit_from_snapshot, snapshot_units
+    from cryptopredict.data.ray_ingest import map_units
+    from cryptopredict.data.snapshot import snapshot_symbols
+
+    snapshot = Path(cfg.ingest.snapshot_dir)
+    if not snapshot.is_dir():
+        raise UserError(f"--from {str(snapshot)!r}: not a directory")
+    available = snapshot_symbols(snapshot)
+    unknown = [s for s in cfg.ingest.symbols if s not in available]
+    if unknown:
+        raise UserError(f"symbols {unknown} are not in the snapshot {str(snapshot)!r}; it has {available}")
+    reports = map_units(cfg, snapshot_units(cfg), ingest_unit_from_snapshot)
+    ingest_report.render(reports, title=f"Ingest report — {snapshot} → {cfg.lake.root}")
+    if report_path:
+        ingest_report.write_json(reports, report_path)
+    return 1 if any(r.error for r in reports) else 0
+
+
+def cmd_lake(cfg: Config) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryptopredict.data.ingest import open_lake
+
+    summary = open_lake(cfg).summary()
+    if summary.empty:
+        print(f"lake {cfg.lake.root!r} is empty")
+        return 0
+    table = Table(title=f"lake {cfg.lake.root}")
+    for col in summary.columns:
+        table.add_column(col)
+    for row in summary.itertuples(index=False):
+        table.add_row(row.table, row.partition, f"{row.rows:,}")
+    Console().print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(args)
+        if args.command in ("run", "ingest"):
+            run_dir = Path(cfg.run_dir)
+            return cmd_ingest(cfg, getattr(args, "report", None) or str(run_dir / "ingest_report.json"))
+        if args.command == "lake":
+            return cmd_lake(cfg)
+    except (UserError, *USER_ERRORS) as exc:
+        if args.verbose:
+            log.exception("error")
+        print(f"cryptopredict {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer: sources (one module per API), the Parquet lake, validation and ingestion."""
