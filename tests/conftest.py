@@ -74,7 +74,7 @@ def ray_session() -> Iterator[None]:
     """One local Ray runtime for the whole suite (started lazily by the first test that needs it)."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * 1024**2, include_dashboard=False,
              log_to_driver=False, ignore_reinit_error=True)
     try:
         yield

@@ -197,8 +197,12 @@ class Lake:
                 os.close(dir_fd)
         finally:
             tmp.unlink(missing_ok=True)
-        for stale in Path(directory).glob(".tmp-*.parquet"):  # left by a writer killed mid-write
-            stale.unlink(missing_ok=True)
+
+    def _sweep(self, directory: str) -> None:
+        """Delete temp files left by a writer killed mid-write (call with the partition lock held)."""
+        if self.is_local:
+            for stale in Path(directory).glob(".tmp-*.parquet"):
+                stale.unlink(missing_ok=True)
 
     def upsert(self, table: str, df: pd.DataFrame) -> list[UpsertResult]:
         """Merge ``df`` into ``table`` by key, one atomic rewrite per touched partition.
@@ -224,6 +228,7 @@ class Lake:
         directory = self._dir(spec, partition)
         key = list(spec.key)
         with self._locked(directory):
+            self._sweep(directory)
             old = self.read_partition(spec.name, partition)
             new_keys = new.set_index(key).index
             old_idx = old.set_index(key)
@@ -251,6 +256,7 @@ class Lake:
         partition = partition_path(spec, values)
         directory = self._dir(spec, partition)
         with self._locked(directory):
+            self._sweep(directory)
             rows = df.assign(**{c: values[c] for c in spec.partition_by})
             rows = rows.sort_values(list(spec.key), ignore_index=True)
             if rows.empty and self.fs.get_file_info(f"{directory}/{DATA_FILE}").type == pafs.FileType.NotFound:

@@ -51,7 +51,7 @@ def connect_ray(cfg: Config) -> bool:
         return False
     for var, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(var, value)
-    ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory_mb * 1024**2,
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory_mb * 1024**2,
              include_dashboard=False, log_to_driver=True)
     return True
 
