@@ -18,7 +18,6 @@ posts older than ``since``. ``url`` is the post's own permalink on www.reddit.co
 from __future__ import annotations
 
 import calendar
-import hashlib
 import html
 import logging
 import re
@@ -28,7 +27,7 @@ from typing import Any
 import feedparser
 import pandas as pd
 
-from cryptopredict.data.schemas import NEWS
+from cryptopredict.data.schemas import NEWS, news_id
 from cryptopredict.data.sources.http import (
     ClientConfig,
     HttpClient,
@@ -58,12 +57,6 @@ REDDIT_PAGE_SIZE = 100
 
 _TAG = re.compile(r"<[^>]+>")
 _FEED_ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, */*;q=0.5"
-
-
-def news_id(url: str, source: str, published_at: pd.Timestamp, title: str) -> str:
-    """The NEWS row id: sha1 hex of ``url``, or of ``source|published_at ISO-8601|title`` when url is ''."""
-    key = url or f"{source}|{published_at.isoformat()}|{title}"
-    return hashlib.sha1(key.encode("utf-8")).hexdigest()
 
 
 def _plain_text(fragment: str) -> str:
