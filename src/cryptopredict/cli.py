@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ingest)
     ingest.add_argument("--from", dest="source_dir", default=None,
                         help="the shipped snapshot folder to ingest from (default: ingest.snapshot_dir)")
+    ingest.add_argument("--live", action="store_true",
+                        help="fetch from the exchange (ccxt) and the public APIs instead of the snapshot, "
+                        "incrementally from where the lake ends")
+    ingest.add_argument("--follow", action="store_true",
+                        help="after the live catch-up, keep appending each newly closed candle until Ctrl-C")
+    ingest.add_argument("--max-batches", type=int, default=None,
+                        help="--follow: stop after this many batches per symbol")
     ingest.add_argument("--report", default=None, help="also write the report as JSON to this path")
 
     lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
@@ -71,7 +78,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_ingest(cfg: Config, report_path: str | None) -> int:
-    from cryptopredict.data import ingest_report
     from cryptopredict.data.ingest import ingest_unit_from_snapshot, snapshot_units
     from cryptopredict.data.ray_ingest import map_units
     from cryptopredict.data.snapshot import snapshot_symbols
@@ -84,10 +90,43 @@ def cmd_ingest(cfg: Config, report_path: str | None) -> int:
     if unknown:
         raise UserError(f"symbols {unknown} are not in the snapshot {str(snapshot)!r}; it has {available}")
     reports = map_units(cfg, snapshot_units(cfg), ingest_unit_from_snapshot)
-    ingest_report.render(reports, title=f"Ingest report — {snapshot} → {cfg.lake.root}")
+    return _finish(reports, f"Ingest report — {snapshot} → {cfg.lake.root}", report_path)
+
+
+def _finish(reports: list, title: str, report_path: str | None) -> int:  # type: ignore[type-arg]
+    from cryptopredict.data import ingest_report
+
+    ingest_report.render(reports, title=title)
     if report_path:
         ingest_report.write_json(reports, report_path)
     return 1 if any(r.error for r in reports) else 0
+
+
+def cmd_ingest_live(cfg: Config, report_path: str | None, follow: bool, max_batches: int | None) -> int:
+    import signal
+    import threading
+
+    from cryptopredict.data import live
+    from cryptopredict.data.ray_ingest import map_units
+    from cryptopredict.data.sources.exchange import open_exchange
+
+    open_exchange(cfg.ingest.exchange)  # an unknown exchange id is a user error, before any work
+    reports = map_units(cfg, live.live_units(cfg), live.ingest_unit_live)
+    rc = _finish(reports, f"Live ingest report — {cfg.ingest.exchange} and APIs → {cfg.lake.root}", report_path)
+    if not follow:
+        return rc
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"following {', '.join(cfg.ingest.symbols)} {cfg.ingest.timeframe} on {cfg.ingest.exchange} "
+          f"(mode {cfg.ingest.follow_mode}); Ctrl-C stops", flush=True)
+
+    def show(r) -> None:  # type: ignore[no-untyped-def]
+        print(f"{r.unit}: +{r.inserted} bars, {r.rows_after:,} stored"
+              + (f", quarantined {r.quarantined}" if r.quarantined else ""), flush=True)
+
+    batches = live.follow(cfg, stop=stop, max_batches=max_batches, on_report=show)
+    return _finish(batches, "Follow report", None) if batches else rc
 
 
 def cmd_lake(cfg: Config) -> int:
@@ -116,9 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
+        report = getattr(args, "report", None) or str(Path(cfg.run_dir) / "ingest_report.json")
+        if args.command == "ingest" and (args.live or args.follow):
+            if args.source_dir:
+                raise UserError("--from and --live/--follow exclude each other")
+            return cmd_ingest_live(cfg, report, args.follow, args.max_batches)
         if args.command in ("run", "ingest"):
-            run_dir = Path(cfg.run_dir)
-            return cmd_ingest(cfg, getattr(args, "report", None) or str(run_dir / "ingest_report.json"))
+            return cmd_ingest(cfg, report)
         if args.command == "lake":
             return cmd_lake(cfg)
     except (UserError, *USER_ERRORS) as exc:

@@ -7,6 +7,7 @@ the value is parsed as YAML, so lists, numbers and booleans work.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,7 +63,7 @@ class SourcesConfig(_Strict):
                                  "dogecoin", "avalanche-2", "polkadot", "chainlink", "litecoin", "tether"]
     )
     fear_greed_url: str = "https://api.alternative.me"
-    coinmetrics_url: str = "https://community-api.coinmetrics.io/v4"
+    coinmetrics_url: str = "https://community-api.coinmetrics.io"
     onchain_metrics: list[str] = Field(
         default_factory=lambda: ["AdrActCnt", "AdrBalCnt", "BlkCnt", "HashRate", "TxCnt", "TxTfrCnt",
                                  "FeeTotNtv", "IssTotUSD", "SplyCur", "SplyExNtv", "FlowInExUSD",
@@ -75,11 +76,21 @@ class SourcesConfig(_Strict):
     yahoo_url: str = "https://query1.finance.yahoo.com"
     yahoo_tickers: list[str] = Field(default_factory=lambda: ["DX-Y.NYB", "GC=F"])
     defillama_url: str = "https://api.llama.fi"
-    rss_feeds: list[str] = Field(
-        default_factory=lambda: ["https://cointelegraph.com/rss", "https://cryptopotato.com/feed/"]
+    rss_feeds: dict[str, str] = Field(
+        default_factory=lambda: {"CoinTelegraph": "https://cointelegraph.com/rss",
+                                 "CoinDesk": "https://www.coindesk.com/arc/outboundfeeds/rss/",
+                                 "CryptoPotato": "https://cryptopotato.com/feed/"},
+        description="publisher name -> RSS/Atom feed URL",
     )
     reddit_url: str = "https://www.reddit.com"
     subreddits: list[str] = Field(default_factory=lambda: ["CryptoCurrency", "Bitcoin"])
+    defillama_chains: list[str] = Field(default_factory=lambda: ["all", "Ethereum", "Solana"])
+    tables: list[Literal["fear_greed", "onchain", "macro", "tvl", "market_caps", "news"]] = Field(
+        default_factory=lambda: ["fear_greed", "onchain", "macro", "tvl", "market_caps", "news"],
+        description="context tables that `ingest --live` fetches",
+    )
+    lookback_days: int = Field(30, ge=1, description="first live fetch of a table reaches back this far")
+    overlap_days: int = Field(3, ge=0, description="later fetches start this far before the last stored day")
 
 
 class IngestConfig(_Strict):
@@ -87,8 +98,11 @@ class IngestConfig(_Strict):
     symbols: list[str] = Field(default_factory=lambda: list(SHIPPED_SYMBOLS))
     timeframe: str = "1h"
     snapshot_dir: str = Field("data", description="the shipped dataset (the default input)")
-    start: str | None = Field(None, description="first bar (UTC, ISO 8601) for live backfills")
+    start: datetime | None = Field(None, description="first bar (UTC, ISO 8601) for live backfills")
     poll_interval_s: float | None = Field(None, gt=0, description="--follow polling interval; default one bar")
+    follow_mode: Literal["auto", "poll", "ws"] = Field("auto", description="--follow: websocket when available")
+    exchange_api_urls: dict[str, Any] | None = Field(
+        None, description="override ccxt's exchange.urls['api'] entries (a proxy, or a local fake in tests)")
 
     @field_validator("symbols")
     @classmethod

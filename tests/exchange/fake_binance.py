@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 from aiohttp import WSMsgType, web
 
 from tests.support.replay_server import RecordedRequest, ReplayServer, Reply
@@ -328,3 +329,18 @@ class FakeKlineStream:
                 item()
         if close:
             await ws.close()
+
+
+class FakeClock:
+    """Epoch seconds that only move when ``sleep`` is called; every sleep is recorded."""
+
+    def __init__(self, start: pd.Timestamp) -> None:
+        self.t = start.value / 1e9
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds

@@ -26,6 +26,7 @@ from cryptopredict.data.sources.retry import RetriesExhausted, RetryableError, R
 from tests.exchange.fake_binance import (
     HOUR_MS,
     FakeBinance,
+    FakeClock,
     FakeKlineStream,
     candle,
     kline_event,
@@ -39,21 +40,6 @@ FAST = RetryPolicy(max_attempts=3, base_delay_s=0.25, jitter=0.0)
 
 def ms(ts: str) -> int:
     return int(pd.Timestamp(ts, tz="UTC").value // 1_000_000)
-
-
-class FakeClock:
-    """Epoch seconds that only move when ``sleep`` is called; every sleep is recorded."""
-
-    def __init__(self, start: pd.Timestamp) -> None:
-        self.t = start.value / 1e9
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 @pytest.fixture

@@ -42,12 +42,6 @@ from cryptopredict.data.sources.http import (
 
 log = logging.getLogger(__name__)
 
-# Publisher -> feed URL. Module-level so callers can add feeds.
-FEEDS: dict[str, str] = {
-    "CoinTelegraph": "https://cointelegraph.com/rss",
-    "CoinDesk": "https://www.coindesk.com/arc/outboundfeeds/rss/",
-    "Decrypt": "https://decrypt.co/feed",
-}
 FEED_MIN_INTERVAL_S = 1.0
 
 REDDIT_BASE_URL = "https://www.reddit.com"
