@@ -1,0 +1,1 @@
+"""Feature engineering: technical, fractal, cross-asset, context (as-of joins) and sentiment families."""
