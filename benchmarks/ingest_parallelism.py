@@ -16,7 +16,8 @@ import ray
 
 from cryptopredict.config import load_config
 from cryptopredict.data.ingest import ingest_unit_from_snapshot, snapshot_units
-from cryptopredict.data.ray_ingest import LOCAL_RAY_ENV, map_units
+from cryptopredict.data.ray_ingest import map_units
+from cryptopredict.parallel import LOCAL_RAY_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 

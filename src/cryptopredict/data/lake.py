@@ -116,7 +116,7 @@ class Lake:
     def _dir(self, spec: TableSpec, partition: str) -> str:
         return "/".join(p for p in (self.base, spec.name, partition) if p)
 
-    def partitions(self, table: str) -> list[str]:
+    def partitions(self, table: str | TableSpec) -> list[str]:
         """Partition paths (relative to the table) that hold a data file, sorted."""
         spec = table_spec(table)
         top = self._dir(spec, "")
@@ -131,14 +131,14 @@ class Lake:
         return sorted(found)
 
     # ---------------------------------------------------------------- reads
-    def read_partition(self, table: str, partition: str = "") -> pd.DataFrame:
+    def read_partition(self, table: str | TableSpec, partition: str = "") -> pd.DataFrame:
         spec = table_spec(table)
         path = f"{self._dir(spec, partition)}/{DATA_FILE}"
         if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
             return _empty_frame(spec)
         return pq.read_table(path, filesystem=self.fs, schema=spec.schema).to_pandas()
 
-    def read(self, table: str, where: Mapping[str, object] | None = None,
+    def read(self, table: str | TableSpec, where: Mapping[str, object] | None = None,
              columns: list[str] | None = None) -> pd.DataFrame:
         """All rows of ``table`` (sorted by key), optionally only partitions matching ``where``."""
         spec = table_spec(table)
@@ -229,7 +229,7 @@ class Lake:
         key = list(spec.key)
         with self._locked(directory):
             self._sweep(directory)
-            old = self.read_partition(spec.name, partition)
+            old = self.read_partition(spec, partition)
             new_keys = new.set_index(key).index
             old_idx = old.set_index(key)
             existing = new_keys.isin(old_idx.index)
@@ -250,7 +250,7 @@ class Lake:
                 self._write_atomic(directory, to_arrow(spec, merged))
             return result
 
-    def replace_partition(self, table: str, values: Mapping[str, object], df: pd.DataFrame) -> None:
+    def replace_partition(self, table: str | TableSpec, values: Mapping[str, object], df: pd.DataFrame) -> None:
         """Make ``df`` the whole content of one partition (for derived tables such as gaps)."""
         spec = table_spec(table)
         partition = partition_path(spec, values)
@@ -258,12 +258,14 @@ class Lake:
         with self._locked(directory):
             self._sweep(directory)
             rows = df.assign(**{c: values[c] for c in spec.partition_by})
-            rows = rows.sort_values(list(spec.key), ignore_index=True)
-            if rows.empty and self.fs.get_file_info(f"{directory}/{DATA_FILE}").type == pafs.FileType.NotFound:
+            new = to_arrow(spec, rows.sort_values(list(spec.key), ignore_index=True))
+            path = f"{directory}/{DATA_FILE}"
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                if new.num_rows == 0:
+                    return
+            elif pq.read_table(path, filesystem=self.fs).equals(new):  # as stored, whatever its old schema
                 return
-            if rows.reset_index(drop=True).equals(self.read_partition(table, partition)):
-                return
-            self._write_atomic(directory, to_arrow(spec, rows))
+            self._write_atomic(directory, new)
 
     def append_quarantine(self, rows: pd.DataFrame) -> list[UpsertResult]:
         """Store quarantined rows (idempotent: a row quarantined again for the same reason is kept once)."""

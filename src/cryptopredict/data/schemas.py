@@ -182,12 +182,24 @@ TABLES: dict[str, TableSpec] = {
 }
 
 
-def table_spec(name: str) -> TableSpec:
-    """The spec of table ``name``; a ValueError naming the known tables otherwise."""
+def table_spec(name: str | TableSpec) -> TableSpec:
+    """The spec of table ``name`` (a spec passes through: derived tables bring their own); a ValueError
+    naming the known tables otherwise."""
+    if isinstance(name, TableSpec):
+        return name
     try:
         return TABLES[name]
     except KeyError:
         raise ValueError(f"unknown lake table {name!r}; known: {', '.join(sorted(TABLES))}") from None
+
+
+def derived_spec(name: str, frame_schema: pa.Schema, key: tuple[str, ...],
+                 partition_by: tuple[str, ...] = (), time_column: str | None = "timestamp") -> TableSpec:
+    """A spec for a derived table whose columns depend on the configuration (features, scores)."""
+    schema = pa.schema([f.with_type(UTC_TS) if pa.types.is_timestamp(f.type) else f for f in frame_schema
+                        if not f.name.startswith("__index_level")])
+    return TableSpec(name=name, schema=schema.remove_metadata(), key=key, partition_by=partition_by,
+                     time_column=time_column)
 
 
 def news_id(url: str, source: str, published_at: object, title: str) -> str:
