@@ -38,6 +38,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/ingest_parallelism.py
+	$(PY) benchmarks/features_bench.py
 
 # Regenerate the constraints file from the current venv (torch and its CUDA wheels stay free to override).
 lock:

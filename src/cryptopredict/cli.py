@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cryptopredict {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="the main job: ingest the shipped dataset into the lake and report")
+    run = sub.add_parser("run", help="the main job: ingest the shipped dataset, build the features, report")
     _common(run)
 
     ingest = sub.add_parser("ingest", help="ingest into the lake, per symbol on Ray, and print the report")
@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--max-batches", type=int, default=None,
                         help="--follow: stop after this many batches per symbol")
     ingest.add_argument("--report", default=None, help="also write the report as JSON to this path")
+
+    feats = sub.add_parser("features", help="compute the feature table and labels from the lake, per symbol "
+                           "on Ray, with a manifest")
+    _common(feats)
 
     lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
     _common(lake)
@@ -129,6 +133,31 @@ def cmd_ingest_live(cfg: Config, report_path: str | None, follow: bool, max_batc
     return _finish(batches, "Follow report", None) if batches else rc
 
 
+def cmd_features(cfg: Config) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryptopredict.features.pipeline import MANIFEST, build_features
+
+    report = build_features(cfg)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    table = Table(title=f"Features — {cfg.lake.root}")
+    table.add_column("symbol")
+    table.add_column("rows", justify="right")
+    table.add_column("status")
+    for s in report.symbols:
+        table.add_row(s, f"{report.rows.get(s, 0):,}", f"[red]{report.errors[s]}[/red]" if s in report.errors else "ok")
+    console.print(table)
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(report.seconds.items(), key=lambda kv: -kv[1]))
+    console.print(f"{report.columns} feature columns; time per family (summed over symbols): {timing}")
+    scorer = report.sentiment_scorer
+    if scorer:
+        note = f" — {scorer['reason']}" if scorer.get("reason") else ""
+        console.print(f"sentiment scorer: {scorer.get('scorer', '?')}{note}")
+    console.print(f"manifest: {cfg.lake.root}/{MANIFEST}")
+    return 1 if report.errors else 0
+
+
 def cmd_lake(cfg: Config) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -160,8 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.source_dir:
                 raise UserError("--from and --live/--follow exclude each other")
             return cmd_ingest_live(cfg, report, args.follow, args.max_batches)
-        if args.command in ("run", "ingest"):
+        if args.command == "ingest":
             return cmd_ingest(cfg, report)
+        if args.command == "features":
+            return cmd_features(cfg)
+        if args.command == "run":
+            return cmd_ingest(cfg, report) or cmd_features(cfg)
         if args.command == "lake":
             return cmd_lake(cfg)
     except (UserError, *USER_ERRORS) as exc:

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cryptopredict.features.settings import FeaturesConfig  # each family's knobs live with the family
+
 SHIPPED_SYMBOLS = [
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT",
     "DOGEUSDT", "AVAXUSDT", "DOTUSDT", "LINKUSDT", "LTCUSDT",
@@ -120,6 +122,7 @@ class Config(_Strict):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

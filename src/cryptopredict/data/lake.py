@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cryptopredict.data.schemas import QUARANTINE, TABLES, TableSpec, table_spec
+from cryptopredict.data.schemas import QUARANTINE, TABLES, TableSpec, derived_spec, table_spec
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +266,50 @@ class Lake:
             elif pq.read_table(path, filesystem=self.fs).equals(new):  # as stored, whatever its old schema
                 return
             self._write_atomic(directory, new)
+
+    # ---------------------------------------------------------------- derived tables
+    def write_frame(self, name: str, df: pd.DataFrame, key: tuple[str, ...],
+                    partition: Mapping[str, object] | None = None) -> None:
+        """Make ``df`` the content of one partition of a derived table (features, scores, matrices) whose
+        columns depend on the configuration; unchanged content is not rewritten."""
+        partition = dict(partition or {})
+        spec = derived_spec(name, pa.Schema.from_pandas(df.assign(**partition), preserve_index=False), key,
+                            tuple(partition))
+        self.replace_partition(spec, partition, df)
+
+    def read_frame(self, name: str, partition: Mapping[str, object] | None = None) -> pd.DataFrame:
+        """One partition of a derived table as stored (an empty frame when it does not exist)."""
+        rel = "/".join(f"{c}={quote(str(v), safe='')}" for c, v in (partition or {}).items())
+        path = "/".join(p for p in (self.base, name, rel, DATA_FILE) if p)
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return pd.DataFrame()
+        return pq.read_table(path, filesystem=self.fs).to_pandas()
+
+    def write_json(self, name: str, obj: object) -> None:
+        """An atomically replaced JSON document at ``<root>/<name>`` (manifests)."""
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        path = f"{self.base}/{name}"
+        if not self.is_local:
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+            return
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(f".tmp-{uuid.uuid4().hex}.json")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def read_json(self, name: str) -> object:
+        path = f"{self.base}/{name}"
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{path} not found in the lake {self.root!r}")
+        with self.fs.open_input_stream(path) as fh:
+            return json.loads(fh.read())
 
     def append_quarantine(self, rows: pd.DataFrame) -> list[UpsertResult]:
         """Store quarantined rows (idempotent: a row quarantined again for the same reason is kept once)."""
