@@ -1,0 +1,1 @@
+"""Honest evaluation: purged walk-forward splits, metrics, significance tests, backtests, canaries, report."""
