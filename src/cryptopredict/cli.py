@@ -158,6 +158,21 @@ def cmd_features(cfg: Config) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_run(cfg: Config, report_path: str) -> int:
+    """The main job: every stage on one Ray runtime (started once, shut down at the end)."""
+    from cryptopredict.parallel import absolute_paths, connect_ray
+
+    cfg = absolute_paths(cfg)
+    started = cfg.ray.parallelism != "serial" and connect_ray(cfg)
+    try:
+        return cmd_ingest(cfg, report_path) or cmd_features(cfg)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
 def cmd_lake(cfg: Config) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -194,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "features":
             return cmd_features(cfg)
         if args.command == "run":
-            return cmd_ingest(cfg, report) or cmd_features(cfg)
+            return cmd_run(cfg, report)
         if args.command == "lake":
             return cmd_lake(cfg)
     except (UserError, *USER_ERRORS) as exc:
