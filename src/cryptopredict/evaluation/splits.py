@@ -134,7 +134,7 @@ class FoldSpec:
         return np.flatnonzero(self.test_mask)
 
     def subset(self, data: Fold) -> tuple[Fold, Fold | None, Fold]:
-        """(train, valid or None, test) Folds of ``data``, whose rows must be the ones the split was built on."""
+        """(train, valid or None, test) Folds of ``data``, whose rows must be those the split was built on."""
         if len(data) != len(self.test_mask):
             raise ValueError(f"split built on {len(self.test_mask)} rows, data has {len(data)}")
         valid = data.subset(self.valid_mask, f"fold{self.index}/valid") if self.valid_mask.any() else None
@@ -205,7 +205,7 @@ def _grid(timestamps: pd.DatetimeIndex | pd.Series | np.ndarray, bar: timedelta 
 
 
 def resolve_embargo(embargo: int | float, n_bars: int) -> int:
-    """Embargo in bars: an int is taken as bars, a float in [0, 1) as a fraction of ``n_bars`` (rounded up)."""
+    """Embargo in bars: an int is bars, a float in [0, 1) a fraction of ``n_bars`` (rounded up)."""
     if isinstance(embargo, bool):
         raise TypeError("embargo must be an int (bars) or a float fraction, not a bool")
     if isinstance(embargo, int | np.integer):
@@ -259,7 +259,8 @@ def walk_forward_splits(timestamps: pd.DatetimeIndex | pd.Series | np.ndarray, c
                              f"(purge {purge}, embargo {embargo}, validation {valid_len} bars)")
         test_mask = grid.mask(test_start, test_end)
         if not test_mask.any():
-            log.warning("walk-forward: no rows in test span %s, fold skipped", grid.span(test_start, test_end))
+            log.warning("walk-forward: no rows in test span %s, fold skipped",
+                        grid.span(test_start, test_end))
             k += 1
             continue
         fold = FoldSpec(

@@ -81,7 +81,7 @@ def _log_target_vol(fold: Fold) -> np.ndarray:
 
 
 class LogVolOLS:
-    """``log fwd_vol = a + b · log(σ_t·√h)`` fitted by least squares on training rows (see module docstring)."""
+    """``log fwd_vol = a + b · log(σ_t·√h)`` by least squares on training rows (see the module docstring)."""
 
     def __init__(self, a: float = 0.0, b: float = 0.0, resid_var: float = 0.0, mean: float = 0.0,
                  var: float = 0.0) -> None:
@@ -143,7 +143,7 @@ class _Baseline(ABC):
         if self.horizon is None:
             raise RuntimeError("predict before fit")
         if data.horizon != self.horizon:
-            raise ValueError(f"model fitted for a {self.horizon}-bar horizon, data has horizon {data.horizon}")
+            raise ValueError(f"model fitted for a {self.horizon}-bar horizon, data has {data.horizon}")
         proba = self._proba(data)
         log_vol, log_vol_var = self._vol(data)
         return Predictions(index=data.X.index, proba=proba, log_vol=log_vol, log_vol_var=log_vol_var,
@@ -154,7 +154,6 @@ class _Baseline(ABC):
         if self.horizon is None:
             raise RuntimeError("save before fit")
         directory.mkdir(parents=True, exist_ok=True)
-        self._write_files(directory)
         (directory / WEIGHTS_FILE).write_text(json.dumps(self._weights()))
         write_manifest(directory, {"model": self.name, "class": type(self).__name__,
                                    "format_version": FORMAT_VERSION, "params": self.init_params(),
@@ -166,7 +165,8 @@ class _Baseline(ABC):
         manifest = read_manifest(directory)
         if manifest.get("class") != cls.__name__ or manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{directory} holds a {manifest.get('class')} (format "
-                             f"{manifest.get('format_version')}), not a {cls.__name__} (format {FORMAT_VERSION})")
+                             f"{manifest.get('format_version')}), not a {cls.__name__} "
+                             f"(format {FORMAT_VERSION})")
         model = cls(**manifest["params"])
         model.horizon, model.n_train = int(manifest["horizon"]), int(manifest["n_train"])
         model._set_weights(json.loads((directory / WEIGHTS_FILE).read_text()), directory)
@@ -177,9 +177,6 @@ class _Baseline(ABC):
 
     def _extra_files(self) -> list[str]:
         return []
-
-    def _write_files(self, directory: Path) -> None:
-        """Weights kept outside ``weights.json`` (none by default)."""
 
     @abstractmethod
     def _fit(self, train: Fold, valid: Fold | None) -> None: ...
@@ -283,7 +280,8 @@ class _SignRule(_OLSVolBaseline):
         mask, labels = _labelled(train)
         state = self.signal(train)[mask]
         self.table = np.vstack([_frequencies(labels[state == s], self.alpha) for s in range(N_CLASSES)])
-        log.debug("%s hit rates: SELL call %.3f, BUY call %.3f", self.name, self.table[0, 0], self.table[2, 2])
+        log.debug("%s hit rates: SELL call %.3f, BUY call %.3f", self.name, self.table[0, 0],
+                  self.table[2, 2])
 
     def _proba(self, data: Fold) -> np.ndarray:
         return self.table[self.signal(data)]
@@ -393,7 +391,8 @@ class LogisticBaseline(_OLSVolBaseline):
     def _direction_weights(self) -> dict[str, Any]:
         return {"columns": self.columns, "indicators": self.indicators, "classes": self.classes,
                 "coef": self.coef.tolist(), "intercept": self.intercept.tolist(),
-                "scaler": {"clip": self.scaler.clip, "center": self.scaler.center, "scale": self.scaler.scale}}
+                "scaler": {"clip": self.scaler.clip, "center": self.scaler.center,
+                           "scale": self.scaler.scale}}
 
     def _set_direction_weights(self, weights: dict[str, Any]) -> None:
         self.columns, self.indicators = weights["columns"], weights["indicators"]
@@ -411,7 +410,7 @@ class LightGBMBaseline(_Baseline):
     and ``num_threads`` (``deterministic=True``, row-wise histograms). Both boosters are saved in
     LightGBM's text format (``direction.txt``, ``log_vol.txt``); the in-memory boosters are rebuilt from
     that text after fitting so that a loaded model predicts bit-identically. ``params`` overrides the
-    default LightGBM parameters.
+    default LightGBM parameters (not the seed, thread count or determinism settings).
     """
 
     name = "lightgbm"
@@ -436,8 +435,9 @@ class LightGBMBaseline(_Baseline):
         self.vol_resid_var = 0.0
 
     def _lgb_params(self, objective: dict[str, Any]) -> dict[str, Any]:
-        return {**self.DEFAULTS, **self.params, **objective, "seed": self.seed, "num_threads": self.num_threads,
-                "deterministic": True, "force_row_wise": True, "verbosity": -1}
+        fixed = {"seed": self.seed, "num_threads": self.num_threads, "deterministic": True,
+                 "force_row_wise": True, "verbosity": -1}
+        return {**self.DEFAULTS, **self.params, **objective, **fixed}
 
     def _matrix(self, data: Fold, with_sigma: bool = False) -> np.ndarray:
         x = data.X[self.columns].to_numpy(dtype=float)
@@ -469,8 +469,9 @@ class LightGBMBaseline(_Baseline):
         if valid is not None:
             yv = valid.y.to_numpy(dtype=float)
             valid_dir = (self._matrix(valid)[np.isfinite(yv)], yv[np.isfinite(yv)])
-        self.direction = self._train({"objective": "multiclass", "num_class": N_CLASSES},
-                                     self._matrix(train)[mask], labels.astype(float), self._names(), valid_dir)
+        objective = {"objective": "multiclass", "num_class": N_CLASSES}
+        self.direction = self._train(objective, self._matrix(train)[mask], labels.astype(float),
+                                     self._names(), valid_dir)
         target = _log_target_vol(train)
         has = np.isfinite(target)
         if has.sum() < 2:
@@ -482,8 +483,10 @@ class LightGBMBaseline(_Baseline):
             valid_vol = (self._matrix(valid, with_sigma=True)[np.isfinite(tv)], tv[np.isfinite(tv)])
         self.vol_booster = self._train({"objective": "regression"}, x_train, target[has], self._names(True),
                                        valid_vol)
-        x_res, y_res = valid_vol if valid_vol is not None and len(valid_vol[1]) >= 2 else (x_train, target[has])
-        self.vol_resid_var = float(np.var(y_res - self.vol_booster.predict(x_res), ddof=1))
+        use_valid = valid_vol is not None and len(valid_vol[1]) >= 2
+        x_res, y_res = valid_vol if use_valid else (x_train, target[has])
+        resid = y_res - self.vol_booster.predict(x_res, num_threads=self.num_threads)
+        self.vol_resid_var = float(np.var(resid, ddof=1))
 
     def _boosters(self) -> tuple[lgb.Booster, lgb.Booster]:
         if self.direction is None or self.vol_booster is None:
@@ -493,13 +496,16 @@ class LightGBMBaseline(_Baseline):
     def _proba(self, data: Fold) -> np.ndarray:
         if not len(data):
             return np.zeros((0, N_CLASSES))
-        return np.asarray(self._boosters()[0].predict(self._matrix(data)), dtype=float).reshape(-1, N_CLASSES)
+        proba = self._boosters()[0].predict(self._matrix(data), num_threads=self.num_threads)
+        return np.asarray(proba, dtype=float).reshape(-1, N_CLASSES)
 
     def _vol(self, data: Fold) -> tuple[np.ndarray, np.ndarray]:
         n = len(data)
-        log_vol = (np.asarray(self._boosters()[1].predict(self._matrix(data, with_sigma=True)), dtype=float)
-                   if n else np.zeros(0))
-        return log_vol, np.full(n, self.vol_resid_var)
+        if not n:
+            return np.zeros(0), np.zeros(0)
+        x = self._matrix(data, with_sigma=True)
+        log_vol = self._boosters()[1].predict(x, num_threads=self.num_threads)
+        return np.asarray(log_vol, dtype=float), np.full(n, self.vol_resid_var)
 
     def _weights(self) -> dict[str, Any]:
         return {"columns": self.columns, "vol_resid_var": self.vol_resid_var}
@@ -507,10 +513,12 @@ class LightGBMBaseline(_Baseline):
     def _extra_files(self) -> list[str]:
         return [self.DIRECTION_FILE, self.VOL_FILE]
 
-    def _write_files(self, directory: Path) -> None:
+    def save(self, directory: Path) -> None:
         direction, vol = self._boosters()
+        directory.mkdir(parents=True, exist_ok=True)
         direction.save_model(directory / self.DIRECTION_FILE)
         vol.save_model(directory / self.VOL_FILE)
+        super().save(directory)
 
     def _set_weights(self, weights: dict[str, Any], directory: Path) -> None:
         self.columns, self.vol_resid_var = weights["columns"], float(weights["vol_resid_var"])
