@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from cryptopredict.evaluation.stats import probabilistic_sharpe_ratio
 from cryptopredict.labels import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
@@ -132,19 +133,23 @@ def _proba(proba: object, n: int) -> np.ndarray:
     return p
 
 
+def _labelled_proba(y_true: object, proba: object) -> tuple[np.ndarray, np.ndarray]:
+    """(int labels, proba rows) of the labelled rows; non-finite proba on a labelled row raises."""
+    y = np.asarray(y_true, dtype=float).ravel()
+    p = _proba(proba, len(y))
+    keep = np.isfinite(y)
+    if not np.isfinite(p[keep]).all():
+        raise ValueError("proba has non-finite values on labelled rows")
+    return y[keep].astype(int), p[keep]
+
+
 def log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
     """Mean negative log-likelihood of the label, −(1/n) Σ ln p_{i, y_i}, in nats.
 
     p is clipped below at machine epsilon (2.2e-16) so that a confident miss costs ≈ 36 nats, not inf —
     the same clipping as scikit-learn's ``log_loss``.
     """
-    y_arr = np.asarray(y_true, dtype=float).ravel()
-    p = _proba(proba, len(y_arr))
-    keep = np.isfinite(y_arr)
-    p = p[keep]
-    if not np.isfinite(p).all():
-        raise ValueError("proba has non-finite values on labelled rows")
-    y = y_arr[keep].astype(int)
+    y, p = _labelled_proba(y_true, proba)
     if not len(y):
         return math.nan
     p_true = np.clip(p[np.arange(len(y)), y], np.finfo(float).eps, 1.0)
@@ -156,13 +161,7 @@ def brier_score(y_true: np.ndarray, proba: np.ndarray) -> float:
 
     Not halved: a uniform 3-class forecast scores 2/3, a certain miss 2, a certain hit 0.
     """
-    y_arr = np.asarray(y_true, dtype=float).ravel()
-    p = _proba(proba, len(y_arr))
-    keep = np.isfinite(y_arr)
-    p = p[keep]
-    if not np.isfinite(p).all():
-        raise ValueError("proba has non-finite values on labelled rows")
-    y = y_arr[keep].astype(int)
+    y, p = _labelled_proba(y_true, proba)
     if not len(y):
         return math.nan
     onehot = np.zeros_like(p)
@@ -190,13 +189,14 @@ def reliability_table(confidence: np.ndarray, correct: np.ndarray, n_bins: int =
     conf, ok = _confidence_correct(confidence, correct)
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
-    # bin b holds b/B < c <= (b+1)/B, as in Guo et al. (2017)
-    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # bin b holds edges[b] < c <= edges[b+1], as in Guo et al. (2017); searching the edges (rather than
+    # ceil(c·B)) keeps c = 0.3 in (0.2, 0.3] despite 0.3·10 = 3.0000000000000004
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / count
         acc = np.bincount(idx, weights=ok.astype(float), minlength=n_bins) / count
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
     return pd.DataFrame({"bin_low": edges[:-1], "bin_high": edges[1:], "mean_confidence": mean_conf,
                          "accuracy": acc, "count": count})
 
@@ -221,7 +221,7 @@ def accuracy_by_confidence_decile(confidence: np.ndarray, correct: np.ndarray,
                                   n_groups: int = 10) -> pd.DataFrame:
     """Accuracy per quantile group of confidence (deciles by default), lowest confidence first.
 
-    Groups are empirical quantiles of ``confidence`` (``pd.qcut``); tied quantile edges are merged, so a
+    Groups are bounded by the empirical quantiles of ``confidence``; tied quantile edges are merged, so a
     forecaster with few distinct confidence values yields fewer groups (a constant one yields one) instead
     of splitting equal confidences arbitrarily. Columns: ``group``, ``conf_low``, ``conf_high``,
     ``mean_confidence``, ``accuracy``, ``count``.
@@ -230,7 +230,11 @@ def accuracy_by_confidence_decile(confidence: np.ndarray, correct: np.ndarray,
     cols = ["group", "conf_low", "conf_high", "mean_confidence", "accuracy", "count"]
     if not len(conf):
         return pd.DataFrame(columns=cols)
-    codes = pd.qcut(conf, n_groups, labels=False, duplicates="drop")
+    edges = np.unique(np.quantile(conf, np.linspace(0.0, 1.0, n_groups + 1)))
+    if len(edges) < 2:  # one distinct confidence value: one group
+        codes = np.zeros(len(conf), dtype=int)
+    else:
+        codes = pd.cut(conf, edges, labels=False, include_lowest=True)
     df = pd.DataFrame({"group": codes, "conf": conf, "ok": ok.astype(float)})
     g = df.groupby("group", sort=True)
     out = pd.DataFrame({"conf_low": g["conf"].min(), "conf_high": g["conf"].max(),
@@ -548,7 +552,8 @@ def monthly_returns(returns: np.ndarray,
     return table
 
 
-def information_ratio(returns: np.ndarray, benchmark: np.ndarray, bars_per_year: float = BARS_PER_YEAR) -> float:
+def information_ratio(returns: np.ndarray, benchmark: np.ndarray,
+                      bars_per_year: float = BARS_PER_YEAR) -> float:
     """Annualised information ratio mean(r − b) / std(r − b, ddof = 1) · √bars_per_year, with b the
     benchmark's per-bar return (buy and hold of the same assets) on the same bars (Grinold & Kahn)."""
     r, b = _returns(returns), _returns(benchmark)
@@ -570,8 +575,10 @@ def summary(*, y_true: np.ndarray | None = None, proba: np.ndarray | None = None
     Groups: classification (needs ``y_true`` and ``proba``; ``confidence`` defaults to max proba),
     volatility (``realised_vol``, ``log_vol``, ``log_vol_var``), financial (``returns``; plus
     ``benchmark``, ``positions``, ``timestamps`` for the information ratio, turnover/exposure and wall-time
-    drawdown duration). Counts are floats too; unbounded/undefined values stay ``inf``/``nan``. The
-    reliability table, decile table and monthly table are DataFrames and are left to their own functions.
+    drawdown duration); ``psr`` is the probabilistic Sharpe ratio of the per-bar Sharpe against 0 with
+    the sample skewness and kurtosis (bars assumed independent). Counts are floats too; unbounded or
+    undefined values stay ``inf``/``nan``. The reliability, decile and monthly tables are DataFrames and are
+    left to their own functions.
     """
     out: dict[str, float] = {}
     if y_true is not None and proba is not None:
@@ -604,6 +611,10 @@ def summary(*, y_true: np.ndarray | None = None, proba: np.ndarray | None = None
         out["cagr"] = cagr(r, bars_per_year)
         out["annual_volatility"] = annualised_volatility(r, bars_per_year)
         out["sharpe"] = sharpe_ratio(r, bars_per_year)
+        per_bar = sharpe_ratio(r, 1.0)
+        if len(r) > 2 and math.isfinite(per_bar):
+            out["psr"] = probabilistic_sharpe_ratio(per_bar, len(r), float(sps.skew(r)),
+                                                    float(sps.kurtosis(r, fisher=False)))
         out["sortino"] = sortino_ratio(r, bars_per_year)
         out["calmar"] = calmar_ratio(r, bars_per_year)
         out["max_drawdown"] = max_drawdown(r)
