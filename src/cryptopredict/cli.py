@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cryptopredict {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="the main job: ingest the shipped dataset, build the features, report")
+    run = sub.add_parser("run", help="the main job: ingest the shipped dataset, build the features, "
+                         "evaluate the models walk-forward, write the report")
     _common(run)
 
     ingest = sub.add_parser("ingest", help="ingest into the lake, per symbol on Ray, and print the report")
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     feats = sub.add_parser("features", help="compute the feature table and labels from the lake, per symbol "
                            "on Ray, with a manifest")
     _common(feats)
+
+    ev = sub.add_parser("evaluate", help="walk-forward evaluation of the configured models with costs, "
+                        "significance tests, canaries and an HTML report")
+    _common(ev)
+    ev.add_argument("--quick", action="store_true", help="2 folds, no canaries: a smoke run")
 
     lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
     _common(lake)
@@ -158,6 +164,22 @@ def cmd_features(cfg: Config) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_evaluate(cfg: Config) -> int:
+    from cryptopredict.evaluation.run import evaluate
+
+    run, run_dir = evaluate(cfg)
+    print(f"\nVERDICT: {run.verdict}")
+    for m in run.models:
+        acc, sh = m.intervals["accuracy"], m.intervals["sharpe"]
+        print(f"  {m.name:12} accuracy {acc.value:.3f} [{acc.low:.3f}, {acc.high:.3f}]   "
+              f"net Sharpe {sh.value:.2f} [{sh.low:.2f}, {sh.high:.2f}]   "
+              f"directional {m.metrics.get('directional_accuracy', float('nan')):.3f}")
+    for c in run.canaries:
+        print(f"  canary {c.name}: {'pass' if c.passed else 'FAIL'} — {c.note}")
+    print(f"report: {run_dir / 'report.html'}")
+    return 0
+
+
 def cmd_run(cfg: Config, report_path: str) -> int:
     """The main job: every stage on one Ray runtime (started once, shut down at the end)."""
     from cryptopredict.parallel import absolute_paths, connect_ray
@@ -165,7 +187,7 @@ def cmd_run(cfg: Config, report_path: str) -> int:
     cfg = absolute_paths(cfg)
     started = cfg.ray.parallelism != "serial" and connect_ray(cfg)
     try:
-        return cmd_ingest(cfg, report_path) or cmd_features(cfg)
+        return cmd_ingest(cfg, report_path) or cmd_features(cfg) or cmd_evaluate(cfg)
     finally:
         if started:
             import ray
@@ -208,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_ingest(cfg, report)
         if args.command == "features":
             return cmd_features(cfg)
+        if args.command == "evaluate":
+            if args.quick:
+                cfg.evaluation.max_folds = 2
+                cfg.evaluation.canaries.enabled = False
+            return cmd_evaluate(cfg)
         if args.command == "run":
             return cmd_run(cfg, report)
         if args.command == "lake":

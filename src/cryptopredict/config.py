@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cryptopredict.evaluation.settings import EvaluationConfig
 from cryptopredict.features.settings import FeaturesConfig  # each family's knobs live with the family
 
 SHIPPED_SYMBOLS = [
@@ -123,6 +124,7 @@ class Config(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

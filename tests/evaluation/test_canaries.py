@@ -32,3 +32,12 @@ def test_shuffle_stays_inside_each_fold() -> None:
     for f in range(3):
         assert sorted(out[folds == f]) == sorted(values[folds == f])
     assert not np.array_equal(out, values)
+
+
+def test_random_walk_has_no_directional_bias() -> None:
+    """Up and down are equally likely in the canary: 'always SELL' must not beat 50 %."""
+    real = read_snapshot_ohlcv(SHIPPED_DATA, "SOLUSDT").iloc[:40_000].reset_index(drop=True)
+    r = np.concatenate([np.log(random_walk_bars(real, seed=s)["close"]).diff().dropna().to_numpy()
+                        for s in range(5)])
+    share_up = float(np.mean(r > 0))
+    assert abs(share_up - 0.5) < 3 * np.sqrt(0.25 / r.size)

@@ -1,7 +1,7 @@
 """Leakage canaries: data with no learnable signal, run through the same pipeline as the real data.
 
-(a) ``random_walk_bars``: each symbol's bars replaced by a geometric random walk with that symbol's own
-    hourly volatility (same timestamps, so the same gaps), consistent OHLC, and the real volumes in a
+(a) ``random_walk_bars``: each symbol's bars replaced by a driftless random walk in log price with that
+    symbol's own hourly volatility (same timestamps, so the same gaps), consistent OHLC, and the real volumes in a
     shuffled order. Nothing in the past predicts the future.
 (b) ``shuffle_within_folds``: the real features with the labels permuted inside each fold, which breaks
     any link between a row's features and its label while keeping the class shares.
@@ -19,7 +19,9 @@ def random_walk_bars(bars: pd.DataFrame, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     n = len(bars)
     sigma = float(np.log(bars["close"]).diff().std())
-    steps = rng.normal(-0.5 * sigma**2, sigma, n)
+    # zero-median log steps: up and down equally likely. (A price martingale, −σ²/2 drift in log space,
+    # makes "always SELL" right more than half the time: a learnable signal a canary must not contain.)
+    steps = rng.normal(0.0, sigma, n)
     close = float(bars["close"].iloc[0]) * np.exp(np.cumsum(steps))
     open_ = np.concatenate([[float(bars["open"].iloc[0])], close[:-1]])
     wick = np.abs(rng.normal(0, sigma / 2, (2, n)))

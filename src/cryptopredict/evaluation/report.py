@@ -434,11 +434,11 @@ def _headline_value(model: ModelResult, name: str) -> float:
 
 
 def _signals_model(models: list[ModelResult]) -> ModelResult | None:
-    """The non-baseline model with the highest net Sharpe (then accuracy); the first model if all are
-    baselines."""
-    candidates = [m for m in models if not m.is_baseline]
+    """The model with the highest net Sharpe (then accuracy), non-baseline models first; baselines only
+    when there is no other model."""
+    candidates = [m for m in models if not m.is_baseline] or list(models)
     if not candidates:
-        return models[0] if models else None
+        return None
     return max(candidates, key=lambda m: (_headline_value(m, "sharpe"), _headline_value(m, "accuracy")))
 
 
@@ -967,7 +967,8 @@ def _headline(model: ModelResult | None) -> str:
             parts.append(f"{_e(_metric_display(name).header)} {format_interval(model.intervals[name], name)}")
     if not parts:
         return ""
-    who = "First model (all are baselines)" if model.is_baseline else "Best non-baseline model by Sharpe"
+    who = "Best baseline by net Sharpe (no other model)" if model.is_baseline else \
+        "Best non-baseline model by net Sharpe"
     return f'<p class="headline">{who}, <b>{_e(model.name)}</b>: {"; ".join(parts)}.</p>'
 
 
@@ -1047,7 +1048,7 @@ def _render_html(
         "</dl>"
     )
     signals_reason = (
-        "All models are baselines, so the first one is shown."
+        "All models are baselines, so the one with the best net Sharpe is shown."
         if best is not None and best.is_baseline
         else "The model shown is the non-baseline model with the highest Sharpe ratio."
     )

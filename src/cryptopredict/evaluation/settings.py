@@ -1,0 +1,55 @@
+"""The ``evaluation`` section of the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cryptopredict.evaluation.backtest import BacktestConfig
+from cryptopredict.evaluation.risk import RiskConfig
+from cryptopredict.evaluation.splits import SplitConfig
+
+
+class CanaryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    symbols: list[str] = Field(default_factory=lambda: ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+    model: str = Field("lightgbm", description="the model run on the canary data")
+    families: list[str] = Field(default_factory=lambda: ["technical", "cross_asset"],
+                                description="feature families of the canary runs (speed)")
+    max_folds: int | None = Field(4, description="canary folds (from evaluation.test_start)")
+    seed: int = 17
+
+
+class EvaluationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(default_factory=lambda: ["majority", "persistence", "momentum", "logistic",
+                                                        "lightgbm"])
+    model_params: dict[str, dict[str, Any]] = Field(default_factory=lambda: {
+        "lightgbm": {"num_boost_round": 300, "early_stopping_rounds": 30,
+                     "params": {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 200,
+                                "feature_fraction": 0.7, "bagging_fraction": 0.7, "bagging_freq": 1,
+                                "lambda_l2": 1.0}},
+    })
+    test_start: str = Field("2022-01-01", description="first test bar (UTC); earlier data only trains")
+    split: SplitConfig = Field(default_factory=lambda: SplitConfig(test_bars=24 * 90, valid_bars=24 * 30,
+                                                                   embargo=24))
+    max_folds: int | None = Field(None, description="stop after this many folds (quick runs)")
+
+    @field_validator("test_start", mode="before")
+    @classmethod
+    def _iso(cls, v: Any) -> str:
+        return v.isoformat() if hasattr(v, "isoformat") else str(v)
+
+    train_stride: int = Field(4, ge=1, description="use every n-th bar for training (labels overlap h bars)")
+    hold_share: float = Field(1 / 3, gt=0, lt=1, description="share of training rows in the HOLD dead zone")
+    risk: RiskConfig = Field(default_factory=RiskConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence_level: float = Field(0.95, gt=0.5, lt=1)
+    canaries: CanaryConfig = Field(default_factory=CanaryConfig)
+    n_trials_extra: int = Field(0, ge=0, description="configurations tried outside this run (tuning), for "
+                                "the Deflated Sharpe")

@@ -1,0 +1,113 @@
+"""Walk-forward evaluation of one model: fit on each fold's training part, predict its test part.
+
+Per fold: the direction dead zone (``DirectionLabeler``) is fitted on the training rows, then fixes the
+classes of the validation and test rows; the model sees only the training Fold (and the validation Fold for
+early stopping). Training rows are taken every ``train_stride`` bars (overlapping h-bar labels carry little
+extra information and cost time); test rows are every bar. Out-of-sample predictions of all folds are
+written to the lake (``predictions/model=<name>``) for the backtest and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from cryptopredict.config import Config
+from cryptopredict.data.ingest import open_lake
+from cryptopredict.evaluation.dataset import load_panel, make_fold
+from cryptopredict.evaluation.splits import FoldSpec, SplitConfig, walk_forward_splits
+from cryptopredict.labels import DirectionLabeler
+from cryptopredict.models.base import build_model
+
+log = logging.getLogger(__name__)
+
+PRED_KEY = ("symbol", "timestamp")
+
+
+def fold_specs(timestamps: pd.DatetimeIndex, cfg: Config) -> list[FoldSpec]:
+    """Walk-forward folds whose test spans start at ``evaluation.test_start`` and tile time after it."""
+    ec, horizon = cfg.evaluation, cfg.features.horizon
+    first = timestamps.min()
+    start = pd.Timestamp(ec.test_start).tz_convert("UTC") if pd.Timestamp(ec.test_start).tzinfo else \
+        pd.Timestamp(ec.test_start, tz="UTC")
+    bar = pd.Timedelta(ec.split.bar)
+    initial = int((start - first) / bar)
+    if initial <= horizon:
+        raise ValueError(f"evaluation.test_start {start} leaves no training data before it (data from {first})")
+    split = SplitConfig(**{**ec.split.model_dump(), "initial_train_bars": initial})
+    return walk_forward_splits(timestamps, split, horizon)
+
+
+def _stride_mask(timestamps: pd.DatetimeIndex, stride: int) -> np.ndarray:
+    hours = (timestamps.asi8 // 3_600_000_000_000).astype(np.int64)
+    return (hours % stride) == 0
+
+
+def walk_forward_model(cfg: Config, item: dict) -> dict:
+    """All folds for one model (``item = {"model": name, "run_id": id}``); predictions to the lake.
+
+    With ``item["shuffle_seed"]`` (the shuffled-labels canary) the label rows (return, volatility, σ)
+    are permuted within each fold's training part and within its test part before anything is fitted.
+    """
+    name, run_id = item["model"], item["run_id"]
+    shuffle_seed = item.get("shuffle_seed")
+    ec, fc = cfg.evaluation, cfg.features
+    started = time.perf_counter()
+    lake = open_lake(cfg)
+    X, labels = load_panel(lake, list(cfg.ingest.symbols), fc.horizon, fc.label_vol_window)
+    ts = pd.DatetimeIndex(X.index.get_level_values("timestamp"))
+    specs = fold_specs(ts, cfg)
+    if ec.max_folds:
+        specs = specs[: ec.max_folds]
+    original = labels
+    known = labels["fwd_return"].notna().to_numpy() & labels["sigma"].notna().to_numpy()
+    stride = _stride_mask(ts, ec.train_stride)
+    frames = []
+    for spec in specs:
+        if shuffle_seed is not None:
+            labels = _shuffled(original, [spec.train_mask | spec.valid_mask, spec.test_mask],
+                               shuffle_seed + spec.index)
+            known = labels["fwd_return"].notna().to_numpy() & labels["sigma"].notna().to_numpy()
+        train_mask = spec.train_mask & stride & known
+        valid_mask = spec.valid_mask & stride & known
+        labeler = DirectionLabeler(fc.horizon, ec.hold_share).fit(
+            labels["fwd_return"][train_mask], labels["sigma"][train_mask])
+        train = make_fold(X, labels, train_mask, labeler, fc.horizon, f"fold{spec.index}-train")
+        valid = make_fold(X, labels, valid_mask, labeler, fc.horizon, f"fold{spec.index}-valid") \
+            if valid_mask.any() else None
+        test = make_fold(X, labels, spec.test_mask, labeler, fc.horizon, f"fold{spec.index}-test")
+        model = build_model(name, **ec.model_params.get(name, {}))
+        model.fit(train, valid)
+        pred = model.predict(test).to_frame().drop(columns="model")
+        pred["y_true"] = test.y.to_numpy()
+        pred["fwd_return"] = test.fwd_return.to_numpy()
+        pred["fwd_vol"] = test.fwd_vol.to_numpy()
+        pred["sigma"] = test.sigma.to_numpy()
+        pred["fold"] = spec.index
+        pred["dead_zone_k"] = labeler.k
+        frames.append(pred)
+        log.info("%s fold %d: train %d rows, test %d rows", name, spec.index, len(train), len(test))
+    out = pd.concat(frames).reset_index()
+    lake.write_frame("predictions", out, PRED_KEY, {"run": run_id, "model": name})
+    return {"model": name, "rows": len(out), "folds": [s.summary() for s in specs],
+            "seconds": time.perf_counter() - started}
+
+
+def _shuffled(labels: pd.DataFrame, masks: list[np.ndarray], seed: int) -> pd.DataFrame:
+    """``labels`` with whole label rows permuted inside each mask (the canary's label shuffle)."""
+    rng = np.random.default_rng(seed)
+    values = labels.to_numpy().copy()
+    for mask in masks:
+        idx = np.flatnonzero(mask)
+        values[idx] = values[rng.permutation(idx)]
+    return pd.DataFrame(values, index=labels.index, columns=labels.columns)
+
+
+def read_predictions(cfg: Config, run_id: str, model: str) -> pd.DataFrame:
+    df = open_lake(cfg).read_frame("predictions", {"run": run_id, "model": model})
+    if df.empty:
+        raise ValueError(f"no predictions for model {model!r} in run {run_id!r}")
+    return df.drop(columns=["run", "model"], errors="ignore").set_index(list(PRED_KEY))
