@@ -39,6 +39,7 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/ingest_parallelism.py
 	$(PY) benchmarks/features_bench.py
+	$(PY) benchmarks/backtest_bench.py
 
 # Regenerate the constraints file from the current venv (torch and its CUDA wheels stay free to override).
 lock:

@@ -173,6 +173,17 @@ def deflated_sharpe(res: ModelResult, returns: np.ndarray, all_returns: list[np.
                                          float(kurtosis(returns, fisher=False))))
 
 
+def _pbo_note(results: list[ModelResult], all_returns: list[np.ndarray]) -> str:
+    """PBO by CSCV over the models of this run taken as the trials (per-bar net returns, 16 blocks)."""
+    live = [(r.name, x) for r, x in zip(results, all_returns) if np.std(x) > 0]
+    if len(live) < 2:
+        return "probability of backtest overfitting: not computed (fewer than two models traded)"
+    pbo = S.probability_of_backtest_overfitting(np.column_stack([x for _, x in live]), n_partitions=16)
+    return (f"probability of backtest overfitting (CSCV over the {len(live)} models that traded, "
+            f"{pbo.n_combinations} combinations): {pbo.pbo:.2f}; P(selected model loses out of sample) = "
+            f"{pbo.prob_oos_loss:.2f}")
+
+
 def verdict(best: ModelResult | None) -> str:
     if best is None:
         return "no significant edge: no model traded after the cost-aware filter (every net Sharpe is undefined)"
@@ -273,6 +284,7 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     n_trials = len(results) + ec.n_trials_extra
     for res, r in zip(results, all_returns):
         res.metrics["deflated_sharpe"] = deflated_sharpe(res, r, all_returns, n_trials)
+    pbo_note = _pbo_note(results, all_returns)
     traded = [r for r in results if np.isfinite(r.metrics.get("sharpe", np.nan))]
     best = max(traded, key=lambda r: r.metrics["sharpe"]) if traded else None
     canaries = run_canaries(cfg, run_id, run_dir) if ec.canaries.enabled else []
@@ -285,6 +297,6 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
         config=cfg.model_dump(mode="json"),
         notes=[f"best model by net Sharpe: {best.name if best else 'none (no trades)'}",
                "costs: fees and slippage per side as configured; positions from the risk manager; "
-               "signals formed at a bar's close trade at the next bar's open"])
+               "signals formed at a bar's close trade at the next bar's open", pbo_note])
     write_report(run, run_dir)
     return run, run_dir
