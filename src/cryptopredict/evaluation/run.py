@@ -150,17 +150,22 @@ def _log_loss_rows(frame: pd.DataFrame) -> np.ndarray:
 
 
 def add_dm_tests(results: list[ModelResult], frames: dict[str, pd.DataFrame], horizon: int) -> None:
-    """Diebold–Mariano on per-row log loss of every model against each baseline (same test rows)."""
-    losses = {n: _log_loss_rows(f.sort_index(level="timestamp", sort_remaining=True)) for n, f in frames.items()}
+    """Diebold–Mariano on log loss of every model against each baseline over the same test rows.
+
+    The loss differential is averaged over the coins of each timestamp first, so the test runs on one
+    time series (bars in order) and its HAC variance at lag h − 1 covers the label overlap; rows of one
+    timestamp are not treated as independent observations."""
+    losses = {n: pd.Series(_log_loss_rows(f), index=f.index) for n, f in frames.items()}
     for res in results:
-        for base in BASELINE_NAMES & set(frames):
+        for base in sorted(BASELINE_NAMES & set(frames)):
             if base == res.name:
                 continue
-            a, b = losses[res.name], losses[base]
-            ok = np.isfinite(a) & np.isfinite(b)
-            dm = S.diebold_mariano(a[ok], b[ok], horizon=horizon)
-            res.tests[f"dm_logloss_vs_{base}"] = {"statistic": float(dm.statistic), "p_value": float(dm.p_value),
-                                                  "note": f"log loss of {res.name} minus {base}; < 0 favours {res.name}"}
+            diff = (losses[res.name] - losses[base]).dropna()
+            per_time = diff.groupby(level="timestamp").mean().sort_index().to_numpy()
+            dm = S.diebold_mariano(per_time, np.zeros_like(per_time), horizon=horizon)
+            res.tests[f"dm_logloss_vs_{base}"] = {
+                "statistic": float(dm.statistic), "p_value": float(dm.p_value),
+                "note": f"mean log loss of {res.name} minus {base} per timestamp; < 0 favours {res.name}"}
 
 
 def deflated_sharpe(res: ModelResult, returns: np.ndarray, all_returns: list[np.ndarray], n_trials: int) -> float:
