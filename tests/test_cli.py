@@ -36,6 +36,7 @@ def test_help_lists_the_real_subcommands() -> None:
         (["ingest", "--set", "novalue"], "not of the form section.key=value"),
         (["ingest", "--symbols", "BTCUSDT,FOOUSDT"], "symbols ['FOOUSDT'] are not in the snapshot"),
         (["ingest", "--from", "/no/such/dir"], "--from '/no/such/dir': not a directory"),
+        (["evaluate", "--data", "/no/such/dir"], "--data '/no/such/dir': not a directory"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:

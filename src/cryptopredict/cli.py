@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "significance tests, canaries and an HTML report")
     _common(ev)
     ev.add_argument("--quick", action="store_true", help="2 folds, no canaries: a smoke run")
+    ev.add_argument("--data", default=None,
+                    help="score STORED models (no retraining) on Parquet files in the shipped layout in this folder")
+    ev.add_argument("--models-from", default=None,
+                    help="with --data: a run's models folder (default: the newest runs/*/models)")
 
     lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
     _common(lake)
@@ -164,10 +168,25 @@ def cmd_features(cfg: Config) -> int:
     return 1 if report.errors else 0
 
 
-def cmd_evaluate(cfg: Config) -> int:
+def cmd_evaluate(cfg: Config, data: str | None = None, models_from: str | None = None) -> int:
     from cryptopredict.evaluation.run import evaluate
 
-    run, run_dir = evaluate(cfg)
+    if data:
+        import time
+
+        from cryptopredict.evaluation.scoring import score_later
+
+        if not Path(data).is_dir():
+            raise UserError(f"--data {data!r}: not a directory")
+        if models_from is None:
+            found = sorted(Path(cfg.run_dir).glob("*/models"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise UserError(f"no stored models under {cfg.run_dir!r}; run `cryptopredict evaluate` first")
+            models_from = str(found[-1])
+        run_id = "score-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        run, run_dir = score_later(cfg, Path(models_from), Path(data), run_id)
+    else:
+        run, run_dir = evaluate(cfg)
     print(f"\nVERDICT: {run.verdict}")
     for m in run.models:
         acc, sh = m.intervals["accuracy"], m.intervals["sharpe"]
@@ -234,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.quick:
                 cfg.evaluation.max_folds = 2
                 cfg.evaluation.canaries.enabled = False
-            return cmd_evaluate(cfg)
+            return cmd_evaluate(cfg, args.data, args.models_from)
         if args.command == "run":
             return cmd_run(cfg, report)
         if args.command == "lake":

@@ -93,3 +93,30 @@ def test_the_report_and_its_numbers_are_written(evaluated) -> None:  # type: ign
     assert run.verdict.split(":")[0].lower() in html.lower() and "logistic" in html
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["verdict"] == run.verdict and len(doc["canaries"]) == 2
+
+
+@pytest.mark.slow
+def test_stored_models_score_later_data_without_retraining(evaluated, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The final fits stored by the run score a later span given as files in the shipped layout."""
+    from cryptopredict.evaluation.scoring import score_later
+
+    cfg, _, run_dir = evaluated
+    models = run_dir / "models"
+    meta = json.loads((models / "logistic" / "final_fit.json").read_text())
+    last = pd.Timestamp(meta["last_training_bar"])
+    assert last < END
+    later = tmp_path / "later"
+    later.mkdir()
+    ohlcv = pd.read_parquet(SHIPPED_DATA / "ohlcv_1h.parquet")
+    keep = ohlcv["symbol"].isin(SYMBOLS) & (ohlcv["timestamp"] >= START) & \
+        (ohlcv["timestamp"] < END + pd.Timedelta(days=40))
+    ohlcv[keep].to_parquet(later / "ohlcv_1h.parquet")
+    for name in ("fear_greed_daily", "onchain_btc_daily", "macro_daily", "news"):
+        (later / f"{name}.parquet").write_bytes((SHIPPED_DATA / f"{name}.parquet").read_bytes())
+    stored = (models / "logistic" / "manifest.json").read_bytes()
+    run, out_dir = score_later(cfg, models, later, "later1")
+    assert (models / "logistic" / "manifest.json").read_bytes() == stored  # not retrained
+    for m in run.models:
+        ts = m.predictions.index.get_level_values("timestamp")
+        assert ts.min() > last + pd.Timedelta(hours=4) and ts.max() >= END
+    assert (out_dir / "report.html").is_file() and run.canaries == []

@@ -304,4 +304,8 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
                "costs: fees and slippage per side as configured; positions from the risk manager; "
                "signals formed at a bar's close trade at the next bar's open", pbo_note])
     write_report(run, run_dir)
+    if ec.final_fit:
+        from cryptopredict.evaluation.scoring import final_fit
+
+        final_fit(cfg, run_dir)
     return run, run_dir

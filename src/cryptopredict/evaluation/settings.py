@@ -51,5 +51,7 @@ class EvaluationConfig(BaseModel):
     bootstrap_samples: int = Field(1000, ge=100)
     confidence_level: float = Field(0.95, gt=0.5, lt=1)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
+    final_fit: bool = Field(True, description="after the walk-forward, fit every model on all labelled rows "
+                            "and store it under <run_dir>/<run id>/models (for `evaluate --data`)")
     n_trials_extra: int = Field(0, ge=0, description="configurations tried outside this run (tuning), for "
                                 "the Deflated Sharpe")
