@@ -120,3 +120,13 @@ def test_stored_models_score_later_data_without_retraining(evaluated, tmp_path: 
         ts = m.predictions.index.get_level_values("timestamp")
         assert ts.min() > last + pd.Timedelta(hours=4) and ts.max() >= END
     assert (out_dir / "report.html").is_file() and run.canaries == []
+
+
+@pytest.mark.slow
+def test_prediction_rows_carry_the_risk_managers_position(evaluated) -> None:  # type: ignore[no-untyped-def]
+    _, run, _ = evaluated
+    logistic = run.models[2]
+    pos = logistic.predictions["position"]
+    assert pos.notna().all() and (pos.abs() <= 1 + 1e-12).all()
+    assert (pos != 0).any()  # the logistic baseline trades in this window (net Sharpe is finite)
+    assert np.isfinite(logistic.metrics["sharpe"])

@@ -133,11 +133,19 @@ def score_model(name: str, frame: pd.DataFrame, bt: BacktestResult, bench: Backt
     equity = pd.Series(bt.equity / bt.initial_equity, index=bt.index)
     gross = pd.Series(np.cumprod(1 + bt.gross_returns), index=bt.index)
     return ModelResult(
-        name=name, predictions=frame.assign(position=np.nan), equity=equity, equity_gross=gross,
+        name=name, predictions=frame.assign(position=_positions_at(targets, frame.index)), equity=equity,
+        equity_gross=gross,
         metrics=metrics, intervals=intervals,
         reliability=M.reliability_table(conf, correct), deciles=M.accuracy_by_confidence_decile(conf, correct),
         monthly=M.monthly_returns(returns, np.asarray(bt.index)), tests=tests,
         is_baseline=name in BASELINE_NAMES)
+
+
+def _positions_at(targets: pd.DataFrame, index: pd.MultiIndex) -> np.ndarray:
+    """The risk manager's target (timestamp × symbol) at each (symbol, timestamp) prediction row."""
+    long = targets.stack().rename("position")
+    long.index = long.index.set_names(["timestamp", "symbol"])
+    return long.reorder_levels(["symbol", "timestamp"]).reindex(index).to_numpy()
 
 
 def _log_loss_rows(frame: pd.DataFrame) -> np.ndarray:
