@@ -46,9 +46,7 @@ def main() -> None:
     for k, v in LOCAL_RAY_ENV.items():
         os.environ.setdefault(k, v)
     with tempfile.TemporaryDirectory() as tmp:
-        base = load_config(ROOT / "configs/default.yaml", [f"lake.root={tmp}/lake", f"ingest.snapshot_dir={ROOT / 'data'}",
-                                                            "ray.parallelism=serial"])
-        symbols = base.ingest.symbols[: args.symbols]
+        symbols = load_config(ROOT / "configs/default.yaml").ingest.symbols[: args.symbols]
         base = load_config(ROOT / "configs/default.yaml", [f"lake.root={tmp}/lake", f"ingest.snapshot_dir={ROOT / 'data'}",
                                                             "ray.parallelism=serial", f"ingest.symbols=[{','.join(symbols)}]"])
         map_units(base, snapshot_units(base), ingest_unit_from_snapshot)

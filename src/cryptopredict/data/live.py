@@ -19,7 +19,7 @@ import pandas as pd
 from cryptopredict.config import Config
 from cryptopredict.data.ingest import IngestReport, Unit, ingest_ohlcv, ingest_table, open_lake
 from cryptopredict.data.lake import Lake, partition_path
-from cryptopredict.data.schemas import OHLCV
+from cryptopredict.data.schemas import OHLCV, table_spec
 from cryptopredict.data.sources import coingecko, defillama, exchange, fear_greed, macro, news, onchain
 from cryptopredict.data.validate import timeframe_delta
 
@@ -114,14 +114,8 @@ def ingest_unit_live(cfg: Config, unit: Unit) -> IngestReport:
     lake = open_lake(cfg)
     now = pd.Timestamp.now(tz="UTC")
     df = fetch_context(cfg, unit.kind, _since(lake, unit.kind, cfg, now), now)
-    df = df.drop_duplicates(subset=list(_key(unit.kind)), keep="last")  # overlapping feeds may repeat rows
+    df = df.drop_duplicates(subset=list(table_spec(unit.kind).key), keep="last")  # overlapping feeds may repeat rows
     return ingest_table(lake, unit.kind, df)
-
-
-def _key(table: str) -> tuple[str, ...]:
-    from cryptopredict.data.schemas import table_spec
-
-    return table_spec(table).key
 
 
 def follow(cfg: Config, *, stop: threading.Event, max_batches: int | None = None,

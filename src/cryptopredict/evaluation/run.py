@@ -176,7 +176,7 @@ def add_dm_tests(results: list[ModelResult], frames: dict[str, pd.DataFrame], ho
                 "note": f"mean log loss of {res.name} minus {base} per timestamp; < 0 favours {res.name}"}
 
 
-def deflated_sharpe(res: ModelResult, returns: np.ndarray, all_returns: list[np.ndarray], n_trials: int) -> float:
+def deflated_sharpe(returns: np.ndarray, all_returns: list[np.ndarray], n_trials: int) -> float:
     sharpes = [np.mean(r) / np.std(r, ddof=1) for r in all_returns if np.std(r) > 0]
     sr = np.mean(returns) / np.std(returns, ddof=1) if np.std(returns) > 0 else 0.0
     from scipy.stats import kurtosis, skew
@@ -296,7 +296,7 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     add_dm_tests(results, frames, cfg.features.horizon)
     n_trials = len(results) + ec.n_trials_extra
     for res, r in zip(results, all_returns):
-        res.metrics["deflated_sharpe"] = deflated_sharpe(res, r, all_returns, n_trials)
+        res.metrics["deflated_sharpe"] = deflated_sharpe(r, all_returns, n_trials)
     pbo_note = _pbo_note(results, all_returns)
     traded = [r for r in results if np.isfinite(r.metrics.get("sharpe", np.nan))]
     best = max(traded, key=lambda r: r.metrics["sharpe"]) if traded else None
