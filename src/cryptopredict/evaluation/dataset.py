@@ -37,9 +37,11 @@ def load_panel(lake: Lake, symbols: list[str], horizon: int, vol_window: int) ->
 
 
 def make_fold(X: pd.DataFrame, labels: pd.DataFrame, mask: np.ndarray, labeler: DirectionLabeler,
-              horizon: int, name: str) -> Fold:
-    """A Fold of the rows in ``mask`` with direction classes from an already fitted ``labeler``."""
+              horizon: int, name: str, correlations: pd.DataFrame | None = None) -> Fold:
+    """A Fold of the rows in ``mask`` with direction classes from an already fitted ``labeler``; the whole
+    ``X`` rides along as the fold's ``panel`` (windowed models read each row's past from it)."""
     m = np.asarray(mask, dtype=bool)
     lab = labels[m]
     y = pd.Series(labeler.transform(lab["fwd_return"], lab["sigma"]), index=lab.index, name="y")
-    return Fold(X[m], y, lab["fwd_return"], lab["fwd_vol"], lab["sigma"], horizon, name)
+    return Fold(X[m], y, lab["fwd_return"], lab["fwd_vol"], lab["sigma"], horizon, name, panel=X,
+                correlations=correlations)

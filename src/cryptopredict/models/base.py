@@ -28,6 +28,11 @@ class Fold:
     runner after fitting the dead zone on the training part. ``fwd_return``: log return over the horizon
     (for the baselines' regression targets and for backtests). ``fwd_vol``: realised volatility over the
     horizon. ``sigma``: trailing volatility known at t.
+
+    ``panel`` (optional): the whole feature table (every bar of every symbol, same columns as ``X``) that a
+    windowed model reads the PAST of each row from — a row at t may use panel rows at or before t only
+    (``training/windows.py`` enforces it; tests prove it). ``correlations`` (optional): the lake's long
+    correlation table (timestamp, symbol_a, symbol_b, corr), the graph model's edges as of each bar.
     """
 
     X: pd.DataFrame
@@ -37,6 +42,8 @@ class Fold:
     sigma: pd.Series
     horizon: int
     name: str = ""
+    panel: pd.DataFrame | None = field(default=None, repr=False)
+    correlations: pd.DataFrame | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.X.index, pd.MultiIndex) or list(self.X.index.names) != ["symbol", "timestamp"]:
@@ -52,7 +59,7 @@ class Fold:
     def subset(self, mask: np.ndarray | pd.Series, name: str | None = None) -> Fold:
         m = np.asarray(mask, dtype=bool)
         return Fold(self.X[m], self.y[m], self.fwd_return[m], self.fwd_vol[m], self.sigma[m], self.horizon,
-                    name if name is not None else self.name)
+                    name if name is not None else self.name, self.panel, self.correlations)
 
     @property
     def timestamps(self) -> pd.DatetimeIndex:
@@ -109,6 +116,8 @@ class Predictions:
             df["epistemic"] = self.epistemic
         if self.aleatoric is not None:
             df["aleatoric"] = self.aleatoric
+        for key, values in self.extras.items():
+            df[key] = np.asarray(values)
         return df.assign(model=self.model)
 
 
@@ -136,6 +145,11 @@ MODEL_REGISTRY: dict[str, str] = {
     "momentum": "cryptopredict.models.baselines:Momentum",
     "logistic": "cryptopredict.models.baselines:LogisticBaseline",
     "lightgbm": "cryptopredict.models.baselines:LightGBMBaseline",
+    "ensemble": "cryptopredict.models.ensemble:DeepEnsemble",
+    "transformer": "cryptopredict.models.ensemble:TransformerForecaster",
+    "bilstm": "cryptopredict.models.ensemble:BiLSTMForecaster",
+    "cnn_lstm": "cryptopredict.models.ensemble:CNNLSTMForecaster",
+    "gnn": "cryptopredict.models.ensemble:GraphForecaster",
 }
 
 

@@ -1,0 +1,1 @@
+"""Training of the deep models: windows, losses, the loop, Ray Train and Ray Tune."""
