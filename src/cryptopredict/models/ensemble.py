@@ -55,6 +55,8 @@ class EnsembleSettings(BaseModel):
     window: int = Field(32, ge=2, description="bars per input window (the row's bar and those before)")
     nets: dict[str, dict[str, Any]] = Field(default_factory=dict, description="constructor args per member")
     train: TrainConfig = Field(default_factory=TrainConfig)
+    member_train: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-member overrides "
+                                                    "of ``train`` (e.g. a smaller batch of graphs for gnn)")
     fusion: dict[str, Any] = Field(default_factory=dict, description="BayesianFusion arguments")
     valid_fraction: float = Field(0.2, gt=0, lt=1, description="share of training bars held out for early "
                                   "stopping and the fusion when the fold has no validation part")
@@ -64,9 +66,14 @@ class EnsembleSettings(BaseModel):
     storage_path: str | None = Field(None, description="Ray Train results (null: a temporary directory)")
 
     def model_post_init(self, _: Any) -> None:
-        unknown = [m for m in self.members if m not in MEMBER_NETS]
+        unknown = [m for m in [*self.members, *self.member_train, *self.nets] if m not in MEMBER_NETS]
         if unknown or not self.members:
             raise ValueError(f"unknown ensemble members {unknown}; known: {sorted(MEMBER_NETS)}")
+
+    def train_for(self, member: str) -> TrainConfig:
+        """``train`` with the member's overrides."""
+        extra = self.member_train.get(member)
+        return TrainConfig(**{**self.train.model_dump(), **extra}) if extra else self.train
 
 
 def build_net(member: str, n_features: int, settings: EnsembleSettings) -> torch.nn.Module:
@@ -95,11 +102,11 @@ def member_outputs(member: str, net: torch.nn.Module, panel: Panel, targets: Tar
     tg = targets or _empty_targets(panel)
     if member in GRAPH_MEMBERS:
         src = GraphSource(panel, tg, tpos, settings.window)
-        out = predict_net(net, src, settings.train, device)
+        out = predict_net(net, src, settings.train_for(member), device)
         bar = np.searchsorted(src.tpos.numpy(), tpos)
         return NetPredictions(out.proba[bar, sym], out.log_vol[bar, sym], out.log_vol_var[bar, sym],
                               out.confidence[bar, sym])
-    return predict_net(net, SeqSource(panel, tg, sym, tpos, settings.window), settings.train, device)
+    return predict_net(net, SeqSource(panel, tg, sym, tpos, settings.window), settings.train_for(member), device)
 
 
 def _empty_targets(panel: Panel) -> Targets:
@@ -140,7 +147,7 @@ def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, 
         else:
             tr = SeqSource(panel, targets, *payload.train_rows, settings.window)
             va = SeqSource(panel, targets, *payload.valid_rows, settings.window)
-        res = train_net(trained, tr, va, settings.train, device=device, rank=rank, world=world,
+        res = train_net(trained, tr, va, settings.train_for(member), device=device, rank=rank, world=world,
                         on_epoch=(lambda row, m=member: report(m, row)) if report else None)
         net.load_state_dict(res.state_dict)
         nets[member] = net
@@ -233,8 +240,10 @@ class DeepEnsemble:
         if data.horizon != self.horizon:
             raise ValueError(f"model fitted for a {self.horizon}-bar horizon, data has {data.horizon}")
         corr = data.correlations if any(m in GRAPH_MEMBERS for m in self.settings.members) else None
-        panel = build_panel(_panel_of(data)[self.columns], self.scaler, end=data.timestamps.max(),
-                            correlations=corr)
+        ts = data.timestamps
+        step = _bar(_panel_of(data))
+        panel = build_panel(_panel_of(data)[self.columns], self.scaler, end=ts.max(),
+                            start=ts.min() - (self.settings.window - 1) * step, correlations=corr)
         rows = panel.locate(data.X.index)
         device = resolve_device(self.settings.train.device)
         outs = []
@@ -295,6 +304,12 @@ def _panel_of(fold: Fold) -> pd.DataFrame:
         raise ValueError(f"fold {fold.name!r} carries no feature panel: the deep models need each row's past "
                          "bars (build folds with evaluation.dataset.make_fold)")
     return fold.panel
+
+
+def _bar(panel: pd.DataFrame) -> pd.Timedelta:
+    """The bar length of a feature panel (the smallest step between its timestamps)."""
+    t = panel.index.get_level_values("timestamp").unique().sort_values()
+    return pd.Timedelta(pd.Series(t[:1000]).diff().min()) if len(t) > 1 else pd.Timedelta(hours=1)
 
 
 def _recent(rows: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:

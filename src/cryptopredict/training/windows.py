@@ -95,11 +95,18 @@ def fit_scaler(train_X: pd.DataFrame, clip: float = 10.0) -> RobustScaler:
 
 
 def build_panel(panel: pd.DataFrame, scaler: RobustScaler, *, end: pd.Timestamp | None = None,
-                correlations: pd.DataFrame | None = None) -> Panel:
+                start: pd.Timestamp | None = None, correlations: pd.DataFrame | None = None) -> Panel:
     """The dense panel of ``panel`` (MultiIndex (symbol, timestamp)) scaled by ``scaler``; rows after
-    ``end`` are dropped (a fit never even holds bars past its last training/validation row)."""
+    ``end`` are dropped (a fit never even holds bars past its last training/validation row), and rows
+    before ``start`` (a prediction needs only its rows' windows)."""
+    ts_all = panel.index.get_level_values("timestamp")
+    keep = np.ones(len(panel), dtype=bool)
     if end is not None:
-        panel = panel[panel.index.get_level_values("timestamp") <= end]
+        keep &= np.asarray(ts_all <= end)
+    if start is not None:
+        keep &= np.asarray(ts_all >= start)
+    if not keep.all():
+        panel = panel[keep]
     if panel.empty:
         raise ValueError("the feature panel is empty (nothing at or before the requested end)")
     scaled = scaler.transform(panel)
@@ -126,6 +133,8 @@ def _corr_tensor(corr: pd.DataFrame, symbols: list[str], times: pd.DatetimeIndex
     n = len(symbols)
     out = np.full((len(times), n, n), np.nan, dtype=np.float32)
     if not corr.empty:
+        inside = (corr["timestamp"] >= times[0]) & (corr["timestamp"] <= times[-1])
+        corr = corr[inside.to_numpy()]
         t = times.get_indexer(pd.DatetimeIndex(corr["timestamp"]))
         a = pd.Index(symbols).get_indexer(corr["symbol_a"])
         b = pd.Index(symbols).get_indexer(corr["symbol_b"])
