@@ -165,7 +165,8 @@ def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, 
     y[y < 0] = np.nan
     started = time.perf_counter()
     fusion = BayesianFusion(**settings.fusion)
-    fusion.fit(**_fusion_inputs(outs, payload.valid_sigma), y=y, log_vol=targets.log_vol[sym, tpos].numpy())
+    fusion.fit(**_fusion_inputs(outs, payload.valid_sigma), y=y, log_vol=targets.log_vol[sym, tpos].numpy(),
+               times=tpos)
     summary["fusion"] = {"seconds": time.perf_counter() - started, "rows": len(y),
                          "notes": list(getattr(fusion, "notes", []) or [])}
     out_dir.mkdir(parents=True, exist_ok=True)
