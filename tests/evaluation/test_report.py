@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -331,3 +332,26 @@ def test_report_renders_in_headless_chromium(report: ReportPaths, tmp_path: Path
     assert any(PROBE in entry["message"] for entry in logs), "console capture does not work"
     errors = [e for e in logs if e["level"] == "SEVERE" and PROBE not in e["message"]]
     assert not errors, f"console errors: {errors}"
+
+
+def test_allocations_are_shown_as_trading_results_only(run: RunResult, tmp_path: Path) -> None:
+    """An allocation trades its model's predictions: it joins the equity curves, metrics and results.json,
+    but not the prediction charts (they would repeat its model's), nor the signals chart."""
+    from cryptopredict.evaluation import report as R
+
+    tft = run.models[0]
+    alloc = dataclasses.replace(tft, name="tft+hrp", allocation="hrp", equity=tft.equity * 1.01,
+                                metrics={**tft.metrics, "sharpe": 9.0},
+                                intervals={**tft.intervals, "sharpe": Interval(9.0, 8.0, 10.0)})
+    with_alloc = dataclasses.replace(run, models=[*run.models, alloc])
+    paths = write_report(with_alloc, tmp_path)
+    document = json.loads(paths.json.read_text())
+    assert [m["allocation"] for m in document["models"]] == [None, None, "hrp"]
+    assert document["report"]["signals_model"] == "tft"
+    text = paths.html.read_text()
+    assert "tft+hrp<br><small>allocation: hrp</small>" in text and "spreads that model" in text
+    names = lambda fig: {trace.name for trace in fig.data}  # noqa: E731
+    for fig in (R._fig_equity, R._fig_drawdown):
+        assert "tft+hrp" in names(fig(with_alloc, 1000))
+    for fig in (R._fig_reliability, R._fig_confidence, R._fig_deciles):
+        assert names(fig(with_alloc.models)) == names(fig(run.models))

@@ -1,5 +1,5 @@
-"""The evaluation run end to end on a small slice of the shipped data: walk-forward, backtest, tests,
-both canaries and the report — and the canaries find nothing where there is nothing."""
+"""The evaluation run end to end on a small slice of the shipped data: walk-forward, backtest, allocations
+across coins, tests, both canaries and the report — and the canaries find nothing where there is nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cryptopredict.config import Config, load_config
+from cryptopredict.config import Config, ConfigError, load_config
 from cryptopredict.data.ingest import ingest_ohlcv, open_lake
 from cryptopredict.data.snapshot import read_snapshot_ohlcv
 from cryptopredict.evaluation.run import evaluate, run_canaries
@@ -50,7 +50,7 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unty
 @pytest.mark.slow
 def test_every_model_is_scored_out_of_sample_with_intervals(evaluated) -> None:  # type: ignore[no-untyped-def]
     cfg, run, _ = evaluated
-    assert [m.name for m in run.models] == ["majority", "momentum", "logistic"]
+    assert [m.name for m in run.models][:3] == ["majority", "momentum", "logistic"]  # then the allocations
     assert len(run.folds) == 3
     for m in run.models:
         ts = m.predictions.index.get_level_values("timestamp")
@@ -130,3 +130,34 @@ def test_prediction_rows_carry_the_risk_managers_position(evaluated) -> None:  #
     assert pos.notna().all() and (pos.abs() <= 1 + 1e-12).all()
     assert (pos != 0).any()  # the logistic baseline trades in this window (net Sharpe is finite)
     assert np.isfinite(logistic.metrics["sharpe"])
+
+
+@pytest.mark.slow
+def test_allocations_of_the_best_model_are_scored_and_counted(evaluated) -> None:  # type: ignore[no-untyped-def]
+    cfg, run, run_dir = evaluated
+    traded = [m for m in run.models[:3] if np.isfinite(m.metrics["sharpe"])]
+    source = max(traded, key=lambda m: m.metrics["sharpe"])
+    hrp, mv = run.models[3:]
+    assert (hrp.name, hrp.allocation) == (f"{source.name}+hrp", "hrp")
+    assert (mv.name, mv.allocation) == (f"{source.name}+mv", "mean_variance")
+    assert run.n_trials == 5
+    for res in (hrp, mv):
+        assert res.is_baseline == source.is_baseline and res.equity.index.equals(source.equity.index)
+        assert res.intervals["accuracy"] == source.intervals["accuracy"]  # same predictions, same interval
+        sharpe = res.intervals["sharpe"]
+        assert sharpe.low <= sharpe.value <= sharpe.high and 0 <= res.metrics["deflated_sharpe"] <= 1
+        assert res.metrics["n_trades"] > 0 and res.metrics["costs_total"] > 0
+        weights = res.predictions["position"].unstack("symbol")
+        assert (weights >= 0).all().all() and (weights.sum(axis=1) <= 1 + 1e-9).all()
+        # targets change only at rebalances: every rebalance_bars-th bar from the first test bar
+        block = np.arange(len(weights)) // cfg.evaluation.portfolio.rebalance_bars
+        assert (weights.groupby(block).nunique() <= 1).all().all()
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert [m["allocation"] for m in doc["models"]] == [None, None, None, "hrp", "mean_variance"]
+    html = (run_dir / "report.html").read_text()
+    assert "allocation: hrp" in html and f"{source.name}+mv" in html
+
+
+def test_allocations_must_name_evaluated_models() -> None:
+    with pytest.raises(ConfigError, match="portfolio.models"):
+        load_config(None, ["evaluation.models=[majority]", "evaluation.portfolio.models=[lightgbm]"])

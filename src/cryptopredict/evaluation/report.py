@@ -258,6 +258,7 @@ def _model_document(model: ModelResult) -> dict[str, Any]:
     return {
         "name": model.name,
         "is_baseline": model.is_baseline,
+        "allocation": model.allocation,
         "metrics": model.metrics,
         "intervals": {name: dataclasses.asdict(interval) for name, interval in model.intervals.items()},
         "tests": model.tests,
@@ -435,7 +436,8 @@ def _headline_value(model: ModelResult, name: str) -> float:
 
 def _signals_model(models: list[ModelResult]) -> ModelResult | None:
     """The model with the highest net Sharpe (then accuracy), non-baseline models first; baselines only
-    when there is no other model."""
+    when there is no other model. Allocations are not candidates: their signals are their model's."""
+    models = [m for m in models if m.allocation is None]
     candidates = [m for m in models if not m.is_baseline] or list(models)
     if not candidates:
         return None
@@ -695,7 +697,7 @@ def _fig_reliability(models: list[ModelResult]) -> go.Figure | None:
     fig = go.Figure()
     for index, model in enumerate(models):
         frame = model.reliability
-        if frame.empty or not {"mean_confidence", "accuracy"} <= set(frame.columns):
+        if model.allocation or frame.empty or not {"mean_confidence", "accuracy"} <= set(frame.columns):
             continue
         counts = (
             frame["count"].to_numpy(dtype=float) if "count" in frame.columns else np.full(len(frame), np.nan)
@@ -741,7 +743,7 @@ def _fig_confidence(models: list[ModelResult]) -> go.Figure | None:
     centers = (edges[:-1] + edges[1:]) / 2.0 * 100.0
     fig = go.Figure()
     for index, model in enumerate(models):
-        if "confidence" not in model.predictions.columns:
+        if model.allocation or "confidence" not in model.predictions.columns:
             continue
         confidence = model.predictions["confidence"].to_numpy(dtype=float, na_value=np.nan)
         confidence = confidence[np.isfinite(confidence)]
@@ -781,7 +783,7 @@ def _fig_deciles(models: list[ModelResult]) -> go.Figure | None:
     fig = go.Figure()
     for index, model in enumerate(models):
         frame = model.deciles
-        if frame.empty or "accuracy" not in frame.columns:
+        if model.allocation or frame.empty or "accuracy" not in frame.columns:
             continue
         labels = _decile_labels(frame)
         counts = (
@@ -864,7 +866,8 @@ def _metrics_table(models: list[ModelResult]) -> str:
         return "<p>No metrics were recorded.</p>"
     head = "".join(
         f'<th class="{"baseline" if m.is_baseline else "model"}">{_e(m.name)}'
-        f"{'<br><small>baseline</small>' if m.is_baseline else ''}</th>"
+        f"{f'<br><small>allocation: {_e(m.allocation)}</small>' if m.allocation else ''}"
+        f"{'<br><small>baseline</small>' if m.is_baseline and not m.allocation else ''}</th>"
         for m in ordered
     )
     rows = []
@@ -1036,6 +1039,13 @@ def _render_html(
     )
     symbol = context["price_symbol"]
     models_list = ", ".join(_e(_label(m)) for m in run.models) or "none"
+    allocations = (
+        "An allocation (<i>model+hrp</i>, <i>model+mv</i>) spreads that model's predictions across coins "
+        "(hierarchical risk parity or mean-variance, rebalanced on a schedule) in the same backtester; its "
+        "prediction metrics are the model's. "
+        if any(m.allocation for m in run.models)
+        else ""
+    )
     meta = (
         '<dl class="meta">'
         f"<dt>Data span (UTC)</dt><dd>{_e(run.data_span[0])} → {_e(run.data_span[1])}</dd>"
@@ -1123,6 +1133,7 @@ def _render_html(
             "metrics",
             "Metrics with confidence intervals",
             "Every model side by side, baselines in grey on the right; out-of-sample over all test folds. "
+            + allocations
             + _interval_legend(run.models, run.canaries)
             + " An interval that overlaps a baseline's means no demonstrated difference.",
             _metrics_table(run.models),

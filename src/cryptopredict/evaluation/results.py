@@ -32,7 +32,9 @@ class ModelResult:
     with CIs (accuracy, balanced_accuracy, sharpe, ...). ``reliability``: bins with mean_confidence,
     accuracy, count. ``deciles``: confidence decile → accuracy, count. ``monthly``: year × month returns.
     ``tests``: significance tests by name (e.g. "pesaran_timmermann", "dm_vs_lightgbm") → dict with
-    statistic, p_value and a note.
+    statistic, p_value and a note. ``allocation``: for an allocation across coins from another model's
+    predictions (``evaluation/portfolio.py``, named "<model>+hrp" / "<model>+mv"), its method; ``predictions``
+    are then that model's and ``position`` the allocation's target weight (last rebalance).
     """
 
     name: str
@@ -46,6 +48,7 @@ class ModelResult:
     monthly: pd.DataFrame
     tests: dict[str, dict[str, float | str]] = field(default_factory=dict)
     is_baseline: bool = True
+    allocation: str | None = None
 
 
 @dataclass

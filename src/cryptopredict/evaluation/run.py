@@ -2,6 +2,9 @@
 the risk manager and costs, compute metrics with block-bootstrap intervals and significance tests, run
 the leakage canaries, decide the verdict, and write the report.
 
+Allocations across coins from a model's predictions (HRP, mean-variance; ``evaluation.portfolio``) run
+through the same backtester and scoring as the models and count as trials.
+
 The verdict is "significant edge after costs" only when the best model's net Sharpe has a confidence
 interval above 0, its Deflated Sharpe (counting every configuration tried) exceeds 0.95, and its
 directional accuracy passes the Pesaran–Timmermann test at 5 %; otherwise "no significant edge", with
@@ -26,6 +29,7 @@ from cryptopredict.evaluation import metrics as M
 from cryptopredict.evaluation import stats as S
 from cryptopredict.evaluation.backtest import BacktestResult, backtest
 from cryptopredict.evaluation.canaries import random_walk_bars
+from cryptopredict.evaluation.portfolio import allocation_weights
 from cryptopredict.evaluation.results import CanaryResult, Interval, ModelResult, RunResult
 from cryptopredict.evaluation.risk import RiskConfig, positions_from_predictions
 from cryptopredict.evaluation.walkforward import read_predictions, walk_forward_model
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 BASELINE_NAMES = {"majority", "persistence", "momentum", "logistic", "lightgbm"}
 PROBA = ["p_sell", "p_hold", "p_buy"]
+ALLOCATION_SUFFIX = {"hrp": "hrp", "mean_variance": "mv"}
 
 
 @dataclass
@@ -45,6 +50,10 @@ class Market:
     open: pd.DataFrame
     close: pd.DataFrame
     volume: pd.DataFrame
+
+    def since(self, start: pd.Timestamp) -> Market:
+        """The bars from ``start`` on."""
+        return Market(self.open.loc[start:], self.close.loc[start:], self.volume.loc[start:])
 
 
 def load_market(lake: Lake, cfg: Config, start: pd.Timestamp, end: pd.Timestamp) -> Market:
@@ -64,11 +73,37 @@ def _predictions(frame: pd.DataFrame, name: str) -> Predictions:
                        model=name)
 
 
+def _risk_config(cfg: Config) -> RiskConfig:
+    return RiskConfig(**{**cfg.evaluation.risk.model_dump(), "horizon": cfg.features.horizon})
+
+
 def run_backtest(frame: pd.DataFrame, name: str, market: Market, cfg: Config) -> tuple[BacktestResult, pd.DataFrame]:
-    risk = RiskConfig(**{**cfg.evaluation.risk.model_dump(), "horizon": cfg.features.horizon})
-    targets = positions_from_predictions(_predictions(frame, name), risk)
+    targets = positions_from_predictions(_predictions(frame, name), _risk_config(cfg))
     targets = targets.reindex(index=market.close.index, columns=market.close.columns).ffill().fillna(0.0)
     return backtest(market.open, market.close, targets, cfg.evaluation.backtest, volume=market.volume), targets
+
+
+def allocation_results(cfg: Config, sources: list[ModelResult], frames: dict[str, pd.DataFrame],
+                       history: Market, bench: BacktestResult,
+                       seed: int) -> tuple[list[ModelResult], list[np.ndarray]]:
+    """Every configured allocation of each source model's predictions ("<model>+hrp", "<model>+mv"), filled
+    by the same backtester with the same costs over the benchmark's bars and scored like a model.
+    ``history``: bars from ``cov_window_bars`` before the test span (the covariance's trailing window)."""
+    pc = cfg.evaluation.portfolio
+    market = history.since(bench.index[0])
+    results, returns = [], []
+    for source in sources:
+        frame = frames[source.name]
+        for method in pc.methods:
+            weights = allocation_weights(frame, history.close, method, pc, _risk_config(cfg))
+            weights = weights.reindex(market.close.index)
+            bt = backtest(market.open, market.close, weights, cfg.evaluation.backtest, volume=market.volume)
+            res = score_model(f"{source.name}+{ALLOCATION_SUFFIX[method]}", frame, bt, bench,
+                              weights.ffill().fillna(0.0), cfg, seed=seed + len(results), source=source)
+            res.is_baseline, res.allocation = source.is_baseline, method
+            results.append(res)
+            returns.append(bt.returns)
+    return results, returns
 
 
 def buy_and_hold(market: Market, cfg: Config) -> BacktestResult:
@@ -91,7 +126,9 @@ def _interval(ci: S.BootstrapCI) -> Interval:
 
 
 def score_model(name: str, frame: pd.DataFrame, bt: BacktestResult, bench: BacktestResult, targets: pd.DataFrame,
-                cfg: Config, seed: int) -> ModelResult:
+                cfg: Config, seed: int, *, source: ModelResult | None = None) -> ModelResult:
+    """Metrics, intervals and tests of one backtested set of predictions. ``source``: the model whose
+    predictions (``frame``) an allocation trades; its accuracy intervals are reused, not resampled again."""
     ec, h = cfg.evaluation, cfg.features.horizon
     frame = frame.sort_index(level="timestamp", sort_remaining=True)
     known = frame["y_true"].notna().to_numpy()
@@ -114,7 +151,7 @@ def score_model(name: str, frame: pd.DataFrame, bt: BacktestResult, bench: Backt
     intervals = {
         "accuracy": _interval(S.block_bootstrap_ci(np.mean, correct, time=times, **boot)),
         "directional_accuracy": _interval(S.block_bootstrap_ci(np.mean, hits, time=hit_times, **boot)),
-    }
+    } if source is None else {k: source.intervals[k] for k in ("accuracy", "directional_accuracy")}
     if np.std(returns) > 0:
         intervals["sharpe"] = _interval(S.block_bootstrap_ci(M.sharpe_ratio, returns, **boot))
         intervals["total_return"] = _interval(S.block_bootstrap_ci(M.total_return, returns, **boot))
@@ -195,6 +232,12 @@ def _pbo_note(results: list[ModelResult], all_returns: list[np.ndarray]) -> str:
     return (f"probability of backtest overfitting (CSCV over the {len(live)} models that traded, "
             f"{pbo.n_combinations} combinations): {pbo.pbo:.2f}; P(selected model loses out of sample) = "
             f"{pbo.prob_oos_loss:.2f}")
+
+
+def _best(results: list[ModelResult]) -> ModelResult | None:
+    """The result with the highest net Sharpe among those that traded."""
+    traded = [r for r in results if np.isfinite(r.metrics.get("sharpe", np.nan))]
+    return max(traded, key=lambda r: r.metrics["sharpe"]) if traded else None
 
 
 def verdict(best: ModelResult | None) -> str:
@@ -284,8 +327,9 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     ec = cfg.evaluation
     frames, folds = evaluate_models(cfg, run_id, list(ec.models))
     span = next(iter(frames.values())).index.get_level_values("timestamp")
-    lake = open_lake(cfg)
-    market = load_market(lake, cfg, span.min(), span.max())
+    lead = pd.Timedelta(cfg.ingest.timeframe) * ec.portfolio.cov_window_bars
+    history = load_market(open_lake(cfg), cfg, span.min() - lead, span.max())
+    market = history.since(span.min())
     bench = buy_and_hold(market, cfg)
     results, all_returns = [], []
     for i, (name, frame) in enumerate(frames.items()):
@@ -294,12 +338,28 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
         results.append(res)
         all_returns.append(bt.returns)
     add_dm_tests(results, frames, cfg.features.horizon)
+    best = _best(results)
+    pc = ec.portfolio
+    sources = [r for r in results if r.name in pc.models] if pc.models is not None else [best] if best else []
+    notes = []
+    if pc.methods and sources:
+        started = time.perf_counter()
+        extra, extra_returns = allocation_results(cfg, sources, frames, history, bench,
+                                                  cfg.seed + len(results))
+        names = [r.name for r in sources]
+        log.info("allocations %s of %s: %.1f s", pc.methods, names, time.perf_counter() - started)
+        results += extra
+        all_returns += extra_returns
+        notes.append(f"allocations across coins ({', '.join(pc.methods)}) of {', '.join(names)}"
+                     f"{' (the best model by net Sharpe)' if pc.models is None else ''}: long only, "
+                     f"rebalanced every {pc.rebalance_bars} bars at the close, covariance of the trailing "
+                     f"{pc.cov_window_bars} bars' log returns; counted as trials in the Deflated Sharpe "
+                     "and PBO")
     n_trials = len(results) + ec.n_trials_extra
     for res, r in zip(results, all_returns):
         res.metrics["deflated_sharpe"] = deflated_sharpe(r, all_returns, n_trials)
     pbo_note = _pbo_note(results, all_returns)
-    traded = [r for r in results if np.isfinite(r.metrics.get("sharpe", np.nan))]
-    best = max(traded, key=lambda r: r.metrics["sharpe"]) if traded else None
+    best = _best(results)
     canaries = run_canaries(cfg, run_id, run_dir) if ec.canaries.enabled else []
     run = RunResult(
         run_id=run_id, created_at=pd.Timestamp.now(tz="UTC").isoformat(),
@@ -310,7 +370,7 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
         config=cfg.model_dump(mode="json"),
         notes=[f"best model by net Sharpe: {best.name if best else 'none (no trades)'}",
                "costs: fees and slippage per side as configured; positions from the risk manager; "
-               "signals formed at a bar's close trade at the next bar's open", pbo_note])
+               "signals formed at a bar's close trade at the next bar's open", pbo_note, *notes])
     write_report(run, run_dir)
     if ec.final_fit:
         from cryptopredict.evaluation.scoring import final_fit

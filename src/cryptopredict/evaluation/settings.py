@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cryptopredict.evaluation.backtest import BacktestConfig
+from cryptopredict.evaluation.portfolio import PortfolioConfig
 from cryptopredict.evaluation.risk import RiskConfig
 from cryptopredict.evaluation.splits import SplitConfig
 
@@ -38,6 +39,8 @@ class EvaluationConfig(BaseModel):
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(test_bars=24 * 90, valid_bars=24 * 30,
                                                                    embargo=24))
     max_folds: int | None = Field(None, description="stop after this many folds (quick runs)")
+    refit_every: dict[str, int] = Field(default_factory=dict, description="model → refit every k folds "
+                                        "(a fit predicts the next k test spans, all after its training span)")
 
     @field_validator("test_start", mode="before")
     @classmethod
@@ -55,3 +58,14 @@ class EvaluationConfig(BaseModel):
                             "and store it under <run_dir>/<run id>/models (for `evaluate --data`)")
     n_trials_extra: int = Field(0, ge=0, description="configurations tried outside this run (tuning), for "
                                 "the Deflated Sharpe")
+    portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig,
+                                       description="allocations across coins from a model's predictions, "
+                                       "backtested and scored like the models")
+
+    @model_validator(mode="after")
+    def _portfolio_models_run(self) -> EvaluationConfig:
+        unknown = sorted(set(self.portfolio.models or []) - set(self.models))
+        if unknown:
+            raise ValueError(f"evaluation.portfolio.models {unknown} are not in evaluation.models "
+                             f"{self.models}")
+        return self

@@ -3,7 +3,10 @@
 Per fold: the direction dead zone (``DirectionLabeler``) is fitted on the training rows, then fixes the
 classes of the validation and test rows; the model sees only the training Fold (and the validation Fold for
 early stopping). Training rows are taken every ``train_stride`` bars (overlapping h-bar labels carry little
-extra information and cost time); test rows are every bar. Out-of-sample predictions of all folds are
+extra information and cost time); test rows are every bar. Expensive models may be refitted every k folds
+(``evaluation.refit_every``): a fit at fold i then also predicts folds i+1 … i+k−1, all of which lie after
+its training span, so every prediction stays out-of-sample (the classes of each fold still come from that
+fold's own training rows, the same for every model). Out-of-sample predictions of all folds are
 written to the lake (``predictions/model=<name>``) for the backtest and the report.
 """
 
@@ -20,7 +23,7 @@ from cryptopredict.data.ingest import open_lake
 from cryptopredict.evaluation.dataset import load_panel, make_fold
 from cryptopredict.evaluation.splits import FoldSpec, SplitConfig, walk_forward_splits
 from cryptopredict.labels import DirectionLabeler
-from cryptopredict.models.base import build_model
+from cryptopredict.models.base import build_model, model_class
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +61,47 @@ def walk_forward_model(cfg: Config, item: dict) -> dict:
     started = time.perf_counter()
     lake = open_lake(cfg)
     X, labels = load_panel(lake, list(cfg.ingest.symbols), fc.horizon, fc.label_vol_window)
+    corr = lake.read_frame("correlations") if getattr(model_class(name), "uses_correlations", False) else None
     ts = pd.DatetimeIndex(X.index.get_level_values("timestamp"))
     specs = fold_specs(ts, cfg)
     if ec.max_folds:
         specs = specs[: ec.max_folds]
     original = labels
-    known = labels["fwd_return"].notna().to_numpy() & labels["sigma"].notna().to_numpy()
     stride = _stride_mask(ts, ec.train_stride)
+    refit = max(1, int(ec.refit_every.get(name, 1)))
     frames = []
-    for spec in specs:
-        if shuffle_seed is not None:
-            labels = _shuffled(original, [spec.train_mask | spec.valid_mask, spec.test_mask],
-                               shuffle_seed + spec.index)
+    for first in range(0, len(specs), refit):
+        group = specs[first:first + refit]
+        model, fitted_on = None, group[0]
+        for spec in group:
+            if shuffle_seed is not None:
+                labels = _shuffled(original, [spec.train_mask | spec.valid_mask, spec.test_mask],
+                                   shuffle_seed + spec.index)
             known = labels["fwd_return"].notna().to_numpy() & labels["sigma"].notna().to_numpy()
-        train_mask = spec.train_mask & stride & known
-        valid_mask = spec.valid_mask & stride & known
-        labeler = DirectionLabeler(fc.horizon, ec.hold_share).fit(
-            labels["fwd_return"][train_mask], labels["sigma"][train_mask])
-        train = make_fold(X, labels, train_mask, labeler, fc.horizon, f"fold{spec.index}-train")
-        valid = make_fold(X, labels, valid_mask, labeler, fc.horizon, f"fold{spec.index}-valid") \
-            if valid_mask.any() else None
-        test = make_fold(X, labels, spec.test_mask, labeler, fc.horizon, f"fold{spec.index}-test")
-        model = build_model(name, **ec.model_params.get(name, {}))
-        model.fit(train, valid)
-        pred = model.predict(test).to_frame().drop(columns="model")
-        pred["y_true"] = test.y.to_numpy()
-        pred["fwd_return"] = test.fwd_return.to_numpy()
-        pred["fwd_vol"] = test.fwd_vol.to_numpy()
-        pred["sigma"] = test.sigma.to_numpy()
-        pred["fold"] = spec.index
-        pred["dead_zone_k"] = labeler.k
-        frames.append(pred)
-        log.info("%s fold %d: train %d rows, test %d rows", name, spec.index, len(train), len(test))
+            train_mask = spec.train_mask & stride & known
+            # every fold's classes come from its own training rows, whichever fit predicts it
+            labeler = DirectionLabeler(fc.horizon, ec.hold_share).fit(
+                labels["fwd_return"][train_mask], labels["sigma"][train_mask])
+            if model is None:
+                valid_mask = spec.valid_mask & stride & known
+                train = make_fold(X, labels, train_mask, labeler, fc.horizon, f"fold{spec.index}-train", corr)
+                valid = make_fold(X, labels, valid_mask, labeler, fc.horizon, f"fold{spec.index}-valid", corr) \
+                    if valid_mask.any() else None
+                model = build_model(name, **ec.model_params.get(name, {}))
+                model.fit(train, valid)
+                log.info("%s fold %d: fitted on %d rows", name, spec.index, len(train))
+            test = make_fold(X, labels, spec.test_mask, labeler, fc.horizon, f"fold{spec.index}-test", corr)
+            pred = model.predict(test).to_frame().drop(columns="model")
+            pred["y_true"] = test.y.to_numpy()
+            pred["fwd_return"] = test.fwd_return.to_numpy()
+            pred["fwd_vol"] = test.fwd_vol.to_numpy()
+            pred["sigma"] = test.sigma.to_numpy()
+            pred["fold"] = spec.index
+            pred["fitted_at_fold"] = fitted_on.index
+            pred["dead_zone_k"] = labeler.k
+            frames.append(pred)
+            log.info("%s fold %d: test %d rows (model fitted at fold %d)", name, spec.index, len(test),
+                     fitted_on.index)
     out = pd.concat(frames).reset_index()
     lake.write_frame("predictions", out, PRED_KEY, {"run": run_id, "model": name})
     return {"model": name, "rows": len(out), "folds": [s.summary() for s in specs],
