@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--models-from", default=None,
                     help="with --data: a run's models folder (default: the newest runs/*/models)")
 
+    tune = sub.add_parser("tune", help="Ray Tune search over the deep members' and the fusion's settings (ASHA) "
+                          "on data before evaluation.test_start; results under <run_dir>/<run id>/tuning")
+    _common(tune)
+    tune.add_argument("--models", default=None,
+                      help="comma-separated, tuned in order: transformer,bilstm,cnn_lstm,gnn,fusion "
+                      "(default: tuning.models)")
+    tune.add_argument("--num-samples", type=int, default=None, help="trials per model (tuning.num_samples)")
+    tune.add_argument("--max-epochs", type=int, default=None, help="epochs per member trial (tuning.max_epochs)")
+    tune.add_argument("--quick", action="store_true",
+                      help="2 trials per model, 2 epochs, one inner fold, at most 50 steps per epoch: a smoke run")
+
     lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
     _common(lake)
     return parser
@@ -199,6 +210,69 @@ def cmd_evaluate(cfg: Config, data: str | None = None, models_from: str | None =
     return 0
 
 
+def tune_options(cfg: Config, models: str | None, num_samples: int | None, max_epochs: int | None,
+                 quick: bool) -> Config:
+    """``cfg`` with the `tune` flags applied (flags win over --quick, --quick over the config)."""
+    from pydantic import ValidationError
+
+    tc = cfg.tuning
+    if quick:
+        tc.num_samples, tc.max_epochs, tc.n_folds = 2, 2, 1
+        train = {**tc.base_params.get("train", {})}
+        train.setdefault("max_steps_per_epoch", 50)
+        tc.base_params = {**tc.base_params, "train": train}
+    if models is not None:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if not names:
+            raise UserError("--models: give at least one of transformer,bilstm,cnn_lstm,gnn,fusion")
+        try:
+            tc.models = names
+        except ValidationError as exc:
+            raise UserError(f"--models {models!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    for flag, value, field in (("--num-samples", num_samples, "num_samples"), ("--max-epochs", max_epochs, "max_epochs")):
+        if value is not None:
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+            setattr(tc, field, value)
+    return cfg
+
+
+def cmd_tune(cfg: Config) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryptopredict.training.tuning import SUMMARY_FILE, tune_models
+
+    summary, out_dir = tune_models(cfg)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    table = Table(title=f"Tuning {summary['run_id']} — data before {summary['data_end']}")
+    for col in ("model", "trials", "stopped early", "errored", "best loss", "best config"):
+        table.add_column(col, justify="right" if col in ("trials", "stopped early", "errored", "best loss") else "left")
+    for name, m in summary["models"].items():
+        best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in _flat(m["best_config"]).items())
+        table.add_row(name, str(m["trials"]), str(m["stopped_early"]), str(m["errored"]),
+                      f"{m['best_objective']:.4f}", best)
+    console.print(table)
+    if summary.get("window_note"):
+        console.print(f"note: {summary['window_note']}")
+    console.print(f"{summary['n_trials']} trials in all; summary: {out_dir / SUMMARY_FILE}; "
+                  f"config snippet: {out_dir / 'best.yaml'}")
+    print("apply the best settings and count the trials in the Deflated Sharpe:")
+    print("  cryptopredict evaluate " + " ".join(summary["evaluate_overrides"]))
+    return 0
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:  # type: ignore[type-arg]
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def cmd_run(cfg: Config, report_path: str) -> int:
     """The main job: every stage on one Ray runtime (started once, shut down at the end)."""
     from cryptopredict.parallel import absolute_paths, connect_ray
@@ -254,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cfg.evaluation.max_folds = 2
                 cfg.evaluation.canaries.enabled = False
             return cmd_evaluate(cfg, args.data, args.models_from)
+        if args.command == "tune":
+            return cmd_tune(tune_options(cfg, args.models, args.num_samples, args.max_epochs, args.quick))
         if args.command == "run":
             return cmd_run(cfg, report)
         if args.command == "lake":

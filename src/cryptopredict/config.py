@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cryptopredict.evaluation.settings import EvaluationConfig
 from cryptopredict.features.settings import FeaturesConfig  # each family's knobs live with the family
+from cryptopredict.training.settings import TuningConfig  # pydantic only: no torch/ray at config import
 
 SHIPPED_SYMBOLS = [
     "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT",
@@ -125,6 +126,7 @@ class Config(_Strict):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -18,6 +18,14 @@ import pytest
 
 from cryptopredict.evaluation.report import ReportPaths, downsample, format_interval, write_report
 from cryptopredict.evaluation.results import CanaryResult, Interval, ModelResult, RunResult
+from tests.evaluation.ensemble_frames import (
+    EARLY_WEIGHTS,
+    LATE_WEIGHTS,
+    MEAN_WEIGHTS,
+    MEMBERS,
+    ensemble_predictions,
+    member_predictions,
+)
 
 N_HOURS = 3_000
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
@@ -35,6 +43,8 @@ CHROMIUM_FLAGS = (
 )
 APT_HINT = "apt-get install -y chromium chromium-driver"
 PROBE = "cryptopredict-report-console-probe"
+BASE_PNGS = ["png/deciles.png", "png/drawdown.png", "png/equity.png", "png/reliability.png"]
+ENSEMBLE_PNGS = ["png/ensemble_sizing.png", "png/ensemble_uncertainty.png", "png/ensemble_weights.png"]
 
 
 def _model(
@@ -181,6 +191,33 @@ def report(run: RunResult, tmp_path_factory: pytest.TempPathFactory) -> ReportPa
     return write_report(run, tmp_path_factory.mktemp("report"))
 
 
+def _ensemble_run(run: RunResult) -> RunResult:
+    """``run`` plus a deep ensemble (``ensemble_frames``), one of its members scored as its own model, and
+    an allocation trading the ensemble's predictions (fusion weights included, but not an ensemble)."""
+    tft = run.models[0]
+    frame = ensemble_predictions(tft.predictions.index)
+    ensemble = dataclasses.replace(tft, name="ensemble", predictions=frame)
+    member = dataclasses.replace(
+        run.models[1],
+        name="ensemble.transformer",
+        predictions=member_predictions(frame, "transformer"),
+        is_baseline=False,
+        metrics={**run.models[1].metrics, "log_loss": 1.0987},
+    )
+    allocation = dataclasses.replace(ensemble, name="ensemble+hrp", allocation="hrp")
+    return dataclasses.replace(run, models=[*run.models, ensemble, member, allocation])
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(run: RunResult) -> RunResult:
+    return _ensemble_run(run)
+
+
+@pytest.fixture(scope="module")
+def ensemble_report(ensemble_run: RunResult, tmp_path_factory: pytest.TempPathFactory) -> ReportPaths:
+    return write_report(ensemble_run, tmp_path_factory.mktemp("ensemble-report"), max_points=1_000)
+
+
 def test_results_json_round_trips(report: ReportPaths, run: RunResult) -> None:
     document = json.loads(report.json.read_text(), parse_constant=_no_nan_constants)
     assert document["verdict"] == VERDICT
@@ -219,12 +256,7 @@ def test_results_json_round_trips(report: ReportPaths, run: RunResult) -> None:
     assert not [p.name for p in report.directory.iterdir() if p.name.startswith(".")], "temporary files left"
     if shutil.which("chromium") or shutil.which("chromium-browser"):
         assert document["png"] == "written", document["png"]
-        assert sorted(document["png_files"]) == [
-            "png/deciles.png",
-            "png/drawdown.png",
-            "png/equity.png",
-            "png/reliability.png",
-        ]
+        assert sorted(document["png_files"]) == BASE_PNGS
         for path in report.pngs.values():
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     else:
@@ -286,8 +318,113 @@ def test_png_skipped_without_kaleido_is_recorded(
     )
 
 
+def test_no_ensemble_section_without_fusion_weights(report: ReportPaths) -> None:
+    document = json.loads(report.json.read_text())
+    assert all("ensemble" not in model for model in document["models"])
+    text = report.html.read_text()
+    assert 'id="ensemble"' not in text and 'href="#ensemble"' not in text and "chart-ensemble" not in text
+
+
+def _column(table: dict, name: str) -> np.ndarray:
+    """One column of a table stored as in results.json (``_frame_document``)."""
+    return np.array([row[table["columns"].index(name)] for row in table["data"]], dtype=float)
+
+
+def test_ensemble_numbers_in_results_json(ensemble_report: ReportPaths, ensemble_run: RunResult) -> None:
+    document = json.loads(ensemble_report.json.read_text(), parse_constant=_no_nan_constants)
+    stored = {m["name"]: m for m in document["models"]}
+    # the ensemble only: not its members (scored as models), not an allocation trading its predictions
+    assert [name for name, m in stored.items() if "ensemble" in m] == ["ensemble"]
+    summary = stored["ensemble"]["ensemble"]
+    frame = ensemble_run.models[2].predictions
+    assert summary["members"] == list(MEMBERS) and summary["n_rows"] == len(frame)
+    assert summary["mean_weights"] == pytest.approx(MEAN_WEIGHTS, abs=1e-9)
+    over_time = summary["weights_over_time"]
+    assert over_time["period"] == "week"  # 125 days: fewer than six months, so weeks
+    table = over_time["table"]
+    assert table["index"][0] == "2024-01-01T00:00:00" and len(table["index"]) == 18
+    assert table["columns"] == list(MEMBERS)
+    assert table["data"][0] == pytest.approx([EARLY_WEIGHTS[m] for m in MEMBERS], abs=1e-12)
+    assert table["data"][-1] == pytest.approx([LATE_WEIGHTS[m] for m in MEMBERS], abs=1e-12)
+
+    direction = summary["uncertainty_deciles"]
+    labelled = frame["y_true"].notna()
+    assert _column(direction, "decile").tolist() == list(range(1, 11))
+    assert _column(direction, "count").sum() == labelled.sum()
+    accuracy, log_loss = _column(direction, "accuracy"), _column(direction, "log_loss")
+    assert (np.diff(accuracy) < 0).all() and accuracy[0] > 0.8 and accuracy[-1] < 0.3, accuracy
+    assert (np.diff(log_loss) > 0).all(), log_loss
+    assert (np.diff(_column(direction, "mean_epistemic")) > 0).all()
+    predicted = frame[["p_sell", "p_hold", "p_buy"]].to_numpy().argmax(axis=1)
+    overall = (predicted == frame["y_true"].to_numpy())[labelled.to_numpy()].mean()
+    assert np.average(accuracy, weights=_column(direction, "count")) == pytest.approx(overall, abs=1e-12)
+
+    vol = summary["vol_uncertainty_deciles"]
+    rmse, stated = _column(vol, "rmse"), _column(vol, "rms_predicted_std")
+    assert _column(vol, "count").sum() == frame["fwd_vol"].notna().sum()
+    assert (np.diff(rmse) > 0).all() and (np.diff(stated) > 0).all(), rmse
+    assert rmse == pytest.approx(stated, rel=0.1)  # the stated spread is right: the points lie on y = x
+
+    sizing = summary["sizing_deciles"]
+    size, hit = _column(sizing, "mean_abs_position"), _column(sizing, "hit_rate")
+    assert summary["n_flat"] == int((frame["position"] == 0).sum())
+    assert _column(sizing, "count").sum() == int((frame["position"] != 0).sum())
+    assert (np.diff(size) > 0).all() and size[0] < 0.1 and size[-1] > 0.9, size
+    assert (np.diff(hit) >= 0).all() and hit[-1] - hit[0] > 0.3, hit
+    assert _column(sizing, "confidence_low").min() >= 0.4  # flat rows (below the threshold) are left out
+
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        assert document["png"] == "written", document["png"]
+        assert sorted(document["png_files"]) == sorted(BASE_PNGS + ENSEMBLE_PNGS)
+        for key in ("ensemble_weights", "ensemble_uncertainty", "ensemble_sizing"):
+            assert ensemble_report.pngs[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert document["png"].startswith("skipped: ")
+
+
+def test_ensemble_deciles_keep_tied_values_together() -> None:
+    """A calibrated confidence often takes few values: rows with the same value share one decile (not
+    split by row order), so deciles differ only by the value they group by."""
+    from cryptopredict.evaluation.report import ensemble_diagnostics
+
+    index = pd.MultiIndex.from_product(
+        [SYMBOLS, pd.date_range("2024-01-01", periods=500, freq="h", tz="UTC")], names=["symbol", "timestamp"]
+    )
+    frame = ensemble_predictions(index)
+    frame.loc[frame["confidence"] < 0.7, "confidence"] = 0.6  # about 65% of the rows tied
+    sizing = ensemble_diagnostics(frame).sizing
+    assert sizing is not None
+    tied = sizing[sizing["confidence_low"] == 0.6]
+    assert len(tied) == 1 and (tied["confidence_high"] == 0.6).all() and tied["decile"].tolist() == [1]
+    assert tied["count"].item() == ((frame["confidence"] == 0.6) & (frame["position"] != 0)).sum()
+    assert (sizing["confidence_low"].iloc[1:] > 0.6).all() and sizing["decile"].is_monotonic_increasing
+    assert (sizing["confidence_high"].to_numpy()[:-1] < sizing["confidence_low"].to_numpy()[1:]).all()
+
+
+def test_ensemble_section_in_html(ensemble_report: ReportPaths) -> None:
+    text = ensemble_report.html.read_text()
+    assert '<section id="ensemble">' in text and '<a href="#ensemble">Ensemble</a>' in text
+    assert text.index('id="deciles"') < text.index('id="ensemble"') < text.index('id="metrics"')
+    for key in ("ensemble_weights", "ensemble_uncertainty", "ensemble_sizing"):
+        assert f'id="chart-{key}"' in text
+    assert text.count('class="plotly-graph-div"') == 10
+    start = text.index('<table class="ensemble"')
+    table = text[start : text.index("</table>", start)]
+    assert "ensemble: 6,000 predictions; mean weights sum to 100.0%" in table
+    # member, mean weight (%), its own accuracy (%), log loss and Sharpe where it was scored as a model
+    assert (
+        '<td>transformer</td><td class="num">10.0</td><td class="num">40.1</td><td class="num">1.099</td>'
+        '<td class="num">0.100</td>'
+    ) in table
+    assert '<td>gnn</td><td class="num">40.0</td><td class="num">—</td>' in table
+    assert "Weekly mean" in text or "weekly mean" in text
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text, re.IGNORECASE)
+
+
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium(report: ReportPaths, tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(ensemble_report: ReportPaths, tmp_path: Path) -> None:
+    """The page with every section (the ensemble's included) renders in real Chromium without errors."""
+    report = ensemble_report
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     chromedriver = shutil.which("chromedriver")
     if chromium is None or chromedriver is None:

@@ -5,13 +5,18 @@
 - ``report.html``: one offline page (plotly.js inlined, no network), verdict first, then charts and tables;
 - ``results.json``: every number of the run (metrics, intervals, tests, canaries, folds, verdict, config),
   NaN and infinities written as ``null``;
-- ``png/*.png``: the key charts (equity, drawdown, reliability, accuracy by confidence decile) through
+- ``png/*.png``: the key charts (equity, drawdown, reliability, accuracy by confidence decile, and for a
+  deep ensemble its member weights, uncertainty against error and sizing by confidence) through
   kaleido, which drives a local Chrome/Chromium. Without one the PNGs are skipped with a WARNING and
   ``"png": "skipped: <reason>"`` in ``results.json``.
 
 Every file is written to a temporary name in the target directory and renamed into place. The report
-computes no metrics: it only derives display values (drawdown from equity, the predicted class from the
-class probabilities, histogram counts of the confidence column).
+computes no headline metrics: it only derives display values (drawdown from equity, the predicted class
+from the class probabilities, histogram counts of the confidence column) and, for an ensemble (a model
+whose predictions carry fusion weights ``w_<member>``, see :func:`ensemble_diagnostics`), per-decile
+tables of its rows (accuracy and log loss by epistemic uncertainty, volatility error by predicted
+spread, position size and hit rate by confidence), stored in results.json under the model's
+``"ensemble"`` key. Runs without an ensemble get neither that key nor the section.
 
 Conventions read from ``RunResult``: returns, accuracies and rates are fractions (0.012 = 1.2 %), shown
 in percent; ``monthly`` holds fractional returns, one row per year and one column per month.
@@ -50,8 +55,22 @@ logger = logging.getLogger(__name__)
 MAX_POINTS_PER_TRACE = 5_000
 """Longer series are downsampled for plotting (tables and results.json use the full data)."""
 
-PNG_CHARTS = ("equity", "drawdown", "reliability", "deciles")
-"""The charts exported as PNG, by figure key."""
+PNG_CHARTS = (
+    "equity",
+    "drawdown",
+    "reliability",
+    "deciles",
+    "ensemble_weights",
+    "ensemble_uncertainty",
+    "ensemble_sizing",
+)
+"""The charts exported as PNG, by figure key (the ``ensemble_*`` ones only when the run has an ensemble)."""
+
+ENSEMBLE_WEIGHT_PREFIX = "w_"
+"""A prediction column ``w_<member>`` holds the fusion weight of that ensemble member at the row."""
+
+N_DIAGNOSTIC_GROUPS = 10
+"""Equal-count groups (deciles) of the ensemble diagnostics."""
 
 PNG_WIDTH, PNG_HEIGHT = 1200, 600
 KALEIDO_TIMEOUT_S = 60.0
@@ -164,6 +183,11 @@ def write_report(
     directory.mkdir(parents=True, exist_ok=True)
     price_symbol = _price_symbol(run, symbol)
     signals_model = _signals_model(run.models)
+    ensembles = [
+        (index, model, ensemble_diagnostics(model.predictions))
+        for index, model in enumerate(run.models)
+        if _is_ensemble(model)
+    ]
 
     figures = {
         "price": _fig_price(run, price_symbol, signals_model, max_points),
@@ -173,6 +197,9 @@ def write_report(
         "reliability": _fig_reliability(run.models),
         "confidence": _fig_confidence(run.models),
         "deciles": _fig_deciles(run.models),
+        "ensemble_weights": _fig_ensemble_weights(ensembles, max_points),
+        "ensemble_uncertainty": _fig_ensemble_uncertainty(ensembles),
+        "ensemble_sizing": _fig_ensemble_sizing(ensembles),
     }
     pngs, png_status = _export_pngs(
         {key: fig for key, fig in figures.items() if key in PNG_CHARTS and fig is not None}, directory
@@ -189,7 +216,7 @@ def write_report(
     _atomic_write(json_path, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
 
     html_path = directory / "report.html"
-    _atomic_write(html_path, _render_html(run, figures, context, png_status).encode())
+    _atomic_write(html_path, _render_html(run, figures, context, png_status, ensembles).encode())
     logger.info("wrote report %s (%d PNGs, png %s)", html_path, len(pngs), png_status)
     return ReportPaths(directory=directory, html=html_path, json=json_path, pngs=pngs, png_status=png_status)
 
@@ -246,6 +273,214 @@ def format_interval(interval: Interval, name: str = "") -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# ensemble diagnostics
+
+
+@dataclass(frozen=True)
+class EnsembleDiagnostics:
+    """What the ensemble section shows, from one ensemble's prediction frame (see
+    :func:`ensemble_diagnostics`). Tables hold one row per equal-count group (``decile`` 1 = lowest value
+    of the grouping column; rows with equal values share the decile of the lowest, so ties can leave
+    deciles out); a table is ``None`` when the frame lacks its columns or has fewer usable rows than
+    groups.
+
+    - ``mean_weights``: member → mean fusion weight over all rows (fractions; they sum to 1 when every row
+      has all weights).
+    - ``weights_over_time``: mean weight per member (columns) per ``period`` ("month", "week" or "day",
+      the coarsest giving at least six periods), indexed by the period's start (UTC).
+    - ``uncertainty``: labelled rows grouped by ``epistemic`` (mutual information, nats): accuracy (arg-max
+      class == y_true) and mean log loss (nats, p clipped below at machine epsilon as in
+      ``metrics.log_loss``).
+    - ``vol_uncertainty``: rows with a realised volatility grouped by the predicted std of log volatility
+      √log_vol_var: the RMSE and mean (bias) of ln(fwd_vol) − log_vol, against the group's mean predicted
+      std and its root mean predicted variance (what the RMSE should equal when the stated spread is right).
+    - ``sizing``: rows with a non-zero ``position`` grouped by ``confidence``: mean |position| (fraction of
+      equity) and the directional hit rate, sign(position) == sign(fwd_return) over the rows whose forward
+      return is known and non-zero. ``n_flat``: rows with a zero position (left out of ``sizing``).
+    """
+
+    members: list[str]
+    mean_weights: dict[str, float]
+    period: str
+    weights_over_time: pd.DataFrame
+    uncertainty: pd.DataFrame | None
+    vol_uncertainty: pd.DataFrame | None
+    sizing: pd.DataFrame | None
+    n_rows: int
+    n_flat: int
+
+    def document(self) -> dict[str, Any]:
+        """As stored in results.json under the model's ``"ensemble"`` key (tables as in ``"deciles"``)."""
+        table = lambda frame: None if frame is None else _frame_document(frame)  # noqa: E731
+        return {
+            "members": list(self.members),
+            "mean_weights": dict(self.mean_weights),
+            "weights_over_time": {"period": self.period, "table": table(self.weights_over_time)},
+            "uncertainty_deciles": table(self.uncertainty),
+            "vol_uncertainty_deciles": table(self.vol_uncertainty),
+            "sizing_deciles": table(self.sizing),
+            "n_rows": self.n_rows,
+            "n_flat": self.n_flat,
+        }
+
+
+def ensemble_diagnostics(predictions: pd.DataFrame) -> EnsembleDiagnostics:
+    """Member weights, uncertainty against error, and sizing by confidence of an ensemble's predictions
+    (index (symbol, timestamp); ``w_<member>`` fusion weights, ``epistemic``, the usual columns)."""
+    weight_columns = _weight_columns(predictions)
+    members = [column[len(ENSEMBLE_WEIGHT_PREFIX) :] for column in weight_columns]
+    weights = predictions[weight_columns].astype(float).set_axis(members, axis=1)
+    mean_weights = {member: float(weights[member].mean()) for member in members}
+    period, over_time = _weights_over_time(weights, predictions.index)
+    sizing, n_flat = _sizing_deciles(predictions)
+    return EnsembleDiagnostics(
+        members=members,
+        mean_weights=mean_weights,
+        period=period,
+        weights_over_time=over_time,
+        uncertainty=_uncertainty_deciles(predictions),
+        vol_uncertainty=_vol_uncertainty_deciles(predictions),
+        sizing=sizing,
+        n_rows=len(predictions),
+        n_flat=n_flat,
+    )
+
+
+def _weight_columns(frame: pd.DataFrame) -> list[str]:
+    return [
+        column
+        for column in frame.columns
+        if isinstance(column, str)
+        and column.startswith(ENSEMBLE_WEIGHT_PREFIX)
+        and len(column) > len(ENSEMBLE_WEIGHT_PREFIX)
+        and pd.api.types.is_numeric_dtype(frame[column])
+    ]
+
+
+def _is_ensemble(model: ModelResult) -> bool:
+    """A model whose own predictions carry fusion weights (an allocation only reuses another model's)."""
+    return model.allocation is None and bool(_weight_columns(model.predictions))
+
+
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan)
+    return frame[name].to_numpy(dtype=float, na_value=np.nan)
+
+
+def _timestamps(index: pd.Index) -> pd.DatetimeIndex | None:
+    if isinstance(index, pd.MultiIndex):
+        level = "timestamp" if "timestamp" in index.names else index.nlevels - 1
+        index = index.get_level_values(level)
+    if not isinstance(index, pd.DatetimeIndex):
+        return None
+    return pd.DatetimeIndex(_utc_naive(index))
+
+
+def _weights_over_time(weights: pd.DataFrame, index: pd.Index) -> tuple[str, pd.DataFrame]:
+    timestamps = _timestamps(index)
+    if timestamps is None or not len(timestamps):
+        return "none", pd.DataFrame(columns=weights.columns, index=pd.DatetimeIndex([], name="period_start"))
+    for period, freq in (("month", "M"), ("week", "W"), ("day", "D")):
+        starts = timestamps.to_period(freq).start_time
+        if starts.nunique() >= 6:
+            break
+    over_time = weights.groupby(starts.to_numpy()).mean()
+    over_time.index = pd.DatetimeIndex(over_time.index, name="period_start")
+    return period, over_time
+
+
+def _groups(values: np.ndarray, n_groups: int = N_DIAGNOSTIC_GROUPS) -> np.ndarray:
+    """Group 0..n_groups-1 of each value by its rank: equal counts in ascending order, except that equal
+    values always share a group (the one of their lowest rank), so heavy ties leave some groups empty
+    rather than splitting identical values by row order."""
+    below = np.searchsorted(np.sort(values), values, side="left")  # values strictly smaller
+    return below * n_groups // max(len(values), 1)
+
+
+def _group_table(
+    key: str, columns: Mapping[str, np.ndarray], stats: Mapping[str, tuple[str, str]]
+) -> pd.DataFrame:
+    """One row per decile of ``columns[key]``: its low, high and mean, the ``stats`` (name → (column,
+    aggregation)) and the row count."""
+    frame = pd.DataFrame(dict(columns))
+    frame["decile"] = _groups(frame[key].to_numpy()) + 1
+    table = frame.groupby("decile").agg(
+        **{f"{key}_low": (key, "min"), f"{key}_high": (key, "max"), f"mean_{key}": (key, "mean")},
+        **dict(stats),
+        count=(key, "size"),
+    )
+    return table.reset_index()
+
+
+def _uncertainty_deciles(predictions: pd.DataFrame) -> pd.DataFrame | None:
+    if "epistemic" not in predictions.columns or not set(_PROBABILITY_COLUMNS) <= set(predictions.columns):
+        return None
+    epistemic, y = _column(predictions, "epistemic"), _column(predictions, "y_true")
+    probabilities = predictions[list(_PROBABILITY_COLUMNS)].to_numpy(dtype=float, na_value=np.nan)
+    ok = np.isfinite(epistemic) & np.isfinite(y) & np.isfinite(probabilities).all(axis=1)
+    if ok.sum() < N_DIAGNOSTIC_GROUPS:
+        return None
+    y_known, p = y[ok].astype(int), probabilities[ok]
+    p_true = np.clip(p[np.arange(len(y_known)), y_known], np.finfo(float).eps, 1.0)
+    return _group_table(
+        "epistemic",
+        {
+            "epistemic": epistemic[ok],
+            "correct": (p.argmax(axis=1) == y_known).astype(float),
+            "log_loss": -np.log(p_true),
+        },
+        {"accuracy": ("correct", "mean"), "log_loss": ("log_loss", "mean")},
+    )
+
+
+def _vol_uncertainty_deciles(predictions: pd.DataFrame) -> pd.DataFrame | None:
+    log_vol, variance = _column(predictions, "log_vol"), _column(predictions, "log_vol_var")
+    realised = _column(predictions, "fwd_vol")
+    ok = np.isfinite(log_vol) & np.isfinite(variance) & (variance >= 0)
+    ok &= np.isfinite(realised) & (realised > 0)
+    if ok.sum() < N_DIAGNOSTIC_GROUPS:
+        return None
+    error = np.log(realised[ok]) - log_vol[ok]
+    table = _group_table(
+        "predicted_std",
+        {
+            "predicted_std": np.sqrt(variance[ok]),
+            "variance": variance[ok],
+            "error": error,
+            "squared": error**2,
+        },
+        {"mean_variance": ("variance", "mean"), "mse": ("squared", "mean"), "bias": ("error", "mean")},
+    )
+    table.insert(4, "rms_predicted_std", np.sqrt(table.pop("mean_variance")))
+    table.insert(5, "rmse", np.sqrt(table.pop("mse")))
+    return table
+
+
+def _sizing_deciles(predictions: pd.DataFrame) -> tuple[pd.DataFrame | None, int]:
+    confidence, position = _column(predictions, "confidence"), _column(predictions, "position")
+    forward = _column(predictions, "fwd_return")
+    known = np.isfinite(confidence) & np.isfinite(position)
+    active = known & (position != 0)
+    n_flat = int((known & (position == 0)).sum())
+    if active.sum() < N_DIAGNOSTIC_GROUPS:
+        return None, n_flat
+    position, forward = position[active], forward[active]
+    scored = np.isfinite(forward) & (forward != 0)
+    hit = np.where(scored, (np.sign(position) == np.sign(forward)).astype(float), np.nan)
+    table = _group_table(
+        "confidence",
+        {"confidence": confidence[active], "abs_position": np.abs(position), "hit": hit},
+        {
+            "mean_abs_position": ("abs_position", "mean"),
+            "hit_rate": ("hit", "mean"),
+            "n_scored": ("hit", "count"),
+        },
+    )
+    return table, n_flat
+
+
+# ----------------------------------------------------------------------------------------------------
 # results.json
 
 
@@ -269,7 +504,7 @@ def _model_document(model: ModelResult) -> dict[str, Any]:
         "equity_gross": _series_summary(model.equity_gross),
         "n_predictions": len(predictions),
         "n_predictions_by_fold": by_fold,
-    }
+    } | ({"ensemble": ensemble_diagnostics(predictions).document()} if _is_ensemble(model) else {})
 
 
 def _canary_document(canary: CanaryResult) -> dict[str, Any]:
@@ -809,6 +1044,227 @@ def _fig_deciles(models: list[ModelResult]) -> go.Figure | None:
     return _finish(fig, "Accuracy by confidence decile")
 
 
+_Ensemble = tuple[int, ModelResult, EnsembleDiagnostics]
+"""(index of the model in the run, the model, its diagnostics)."""
+_MEMBER_COLORS = qualitative.Set2
+_PERIOD_ADJECTIVES = {"month": "monthly", "week": "weekly", "day": "daily"}
+
+
+def _fig_ensemble_weights(ensembles: list[_Ensemble], max_points: int) -> go.Figure | None:
+    """Stacked area of each member's mean fusion weight per period (a menu switches ensembles)."""
+    shown = [(model, diag) for _, model, diag in ensembles if not diag.weights_over_time.empty]
+    if not shown:
+        return None
+    fig = go.Figure()
+    groups: list[int] = []
+    for number, (model, diag) in enumerate(shown):
+        table = _thin(diag.weights_over_time, max_points)
+        for position, member in enumerate(diag.members):
+            fig.add_trace(
+                go.Scatter(
+                    x=table.index,
+                    y=table[member].to_numpy(dtype=float) * 100.0,
+                    name=f"{member} ({diag.mean_weights[member] * 100:.1f}% overall)",
+                    mode="lines",
+                    stackgroup=f"weights-{number}",
+                    line={"width": 0.8, "color": _MEMBER_COLORS[position % len(_MEMBER_COLORS)]},
+                    visible=number == 0,
+                    hovertemplate=f"{_e(member)}, %{{x}}: mean weight %{{y:.1f}}%<extra></extra>",
+                )
+            )
+            groups.append(number)
+    def title(model: ModelResult, diag: EnsembleDiagnostics) -> str:
+        period = _PERIOD_ADJECTIVES.get(diag.period, diag.period)
+        return f"Fusion weight of each member, {period} mean (%): {model.name}"
+    if len(shown) > 1:
+        buttons = [
+            {
+                "label": model.name,
+                "method": "update",
+                "args": [{"visible": [g == number for g in groups]}, {"title.text": title(model, diag)}],
+            }
+            for number, (model, diag) in enumerate(shown)
+        ]
+        fig.update_layout(
+            updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right", "y": 1.0,
+                          "yanchor": "bottom", "pad": {"b": 6}}]
+        )
+    fig.update_yaxes(title_text="Mean fusion weight (%, members stacked)", range=[0, 100], ticksuffix="%")
+    fig.update_xaxes(title_text=f"{shown[0][1].period.capitalize()} (UTC)")
+    return _finish(fig, title(*shown[0]))
+
+
+def _fig_ensemble_uncertainty(ensembles: list[_Ensemble]) -> go.Figure | None:
+    """Left: accuracy and log loss by epistemic-uncertainty decile; right: volatility RMSE against the
+    predicted std by decile, with the y = x line a calibrated spread follows."""
+    if not any(d.uncertainty is not None or d.vol_uncertainty is not None for _, _, d in ensembles):
+        return None
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        specs=[[{"secondary_y": True}, {}]],
+        horizontal_spacing=0.14,
+        subplot_titles=(
+            "Direction: by epistemic-uncertainty decile",
+            "Volatility: error vs stated spread, by decile",
+        ),
+    )
+    largest = 0.0
+    for index, model, diag in ensembles:
+        color = _COLORS[index % len(_COLORS)]
+        if (table := diag.uncertainty) is not None:
+            labels = [str(d) for d in table["decile"]]
+            custom = table[["epistemic_low", "epistemic_high", "count"]].to_numpy(dtype=float)
+            fig.add_trace(
+                go.Scatter(
+                    x=labels,
+                    y=table["accuracy"].to_numpy(dtype=float) * 100.0,
+                    customdata=custom,
+                    mode="lines+markers",
+                    name=f"accuracy, {model.name}",
+                    line={"color": color, "width": 2.0},
+                    hovertemplate=(
+                        "decile %{x} (epistemic %{customdata[0]:.3g}–%{customdata[1]:.3g} nats): "
+                        "accuracy %{y:.1f}% (%{customdata[2]:,.0f} labelled rows)<extra></extra>"
+                    ),
+                ),
+                row=1,
+                col=1,
+                secondary_y=False,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=labels,
+                    y=table["log_loss"].to_numpy(dtype=float),
+                    customdata=custom,
+                    mode="lines+markers",
+                    name=f"log loss, {model.name}",
+                    line={"color": color, "width": 1.5, "dash": "dash"},
+                    marker={"symbol": "diamond"},
+                    hovertemplate="decile %{x}: mean log loss %{y:.3f} nats<extra></extra>",
+                ),
+                row=1,
+                col=1,
+                secondary_y=True,
+            )
+        if (table := diag.vol_uncertainty) is not None:
+            x = table["rms_predicted_std"].to_numpy(dtype=float)
+            y = table["rmse"].to_numpy(dtype=float)
+            largest = max(largest, float(np.nanmax(np.r_[x, y, 0.0])))
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    customdata=table[["decile", "bias", "count"]].to_numpy(dtype=float),
+                    mode="lines+markers",
+                    name=f"volatility RMSE, {model.name}",
+                    line={"color": color, "width": 2.0},
+                    marker={"symbol": "square"},
+                    hovertemplate=(
+                        "decile %{customdata[0]:.0f}: stated std %{x:.3f}, RMSE %{y:.3f}, "
+                        "bias %{customdata[1]:+.3f} (%{customdata[2]:,.0f} rows)<extra></extra>"
+                    ),
+                ),
+                row=1,
+                col=2,
+            )
+    if largest > 0:
+        edge = largest * 1.05
+        fig.add_trace(
+            go.Scatter(
+                x=[0, edge],
+                y=[0, edge],
+                mode="lines",
+                name="error = stated std",
+                line={"color": "#999999", "dash": "dash", "width": 1},
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=2,
+        )
+        fig.update_xaxes(range=[0, edge], row=1, col=2)
+        fig.update_yaxes(range=[0, edge], row=1, col=2)
+    fig.update_xaxes(title_text="Epistemic uncertainty decile (low → high)", type="category", row=1, col=1)
+    fig.update_yaxes(title_text="Accuracy (%)", ticksuffix="%", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(
+        title_text="Mean log loss (nats)", row=1, col=1, secondary_y=True, showgrid=False, tickmode="auto"
+    )
+    fig.update_xaxes(title_text="Stated std of log volatility (root mean variance)", row=1, col=2)
+    fig.update_yaxes(title_text="RMSE of ln(realised vol) − log_vol", row=1, col=2)
+    return _finish(fig, "Uncertainty against error", height=500)
+
+
+def _fig_ensemble_sizing(ensembles: list[_Ensemble]) -> go.Figure | None:
+    """Mean |position| (bars) and directional hit rate (line, right axis) by confidence decile."""
+    if not any(d.sizing is not None for _, _, d in ensembles):
+        return None
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    labels: list[str] = []
+    for index, model, diag in ensembles:
+        if (table := diag.sizing) is None:
+            continue
+        color = _COLORS[index % len(_COLORS)]
+        labels = [str(d) for d in table["decile"]]
+        custom = table[["confidence_low", "confidence_high", "count", "n_scored"]].to_numpy(dtype=float) * [
+            100.0,
+            100.0,
+            1.0,
+            1.0,
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=table["mean_abs_position"].to_numpy(dtype=float) * 100.0,
+                customdata=custom,
+                name=f"mean |position|, {model.name}",
+                marker={"color": color},
+                opacity=0.55,
+                hovertemplate=(
+                    "decile %{x} (confidence %{customdata[0]:.1f}–%{customdata[1]:.1f}%): mean |position| "
+                    "%{y:.1f}% of equity (%{customdata[2]:,.0f} rows)<extra></extra>"
+                ),
+            ),
+            secondary_y=False,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=table["hit_rate"].to_numpy(dtype=float) * 100.0,
+                customdata=custom,
+                mode="lines+markers",
+                name=f"hit rate, {model.name}",
+                line={"color": color, "width": 2.0},
+                hovertemplate=(
+                    "decile %{x}: direction right %{y:.1f}% (%{customdata[3]:,.0f} rows with a known "
+                    "return)<extra></extra>"
+                ),
+            ),
+            secondary_y=True,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=[50.0] * len(labels),
+            mode="lines",
+            name="50% hit rate (coin toss)",
+            line={"color": "#999999", "dash": "dot", "width": 1},
+            hoverinfo="skip",
+        ),
+        secondary_y=True,
+    )
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title_text="Confidence decile among rows with a position (low → high)", type="category")
+    fig.update_yaxes(title_text="Mean |position| (% of equity)", ticksuffix="%", secondary_y=False)
+    fig.update_yaxes(
+        title_text="Directional hit rate (%)",
+        ticksuffix="%",
+        secondary_y=True,
+        showgrid=False,
+        tickmode="auto",
+    )
+    return _finish(fig, "Confidence-driven sizing: position size and hit rate by confidence decile")
+
+
 # ----------------------------------------------------------------------------------------------------
 # tables and HTML
 
@@ -1002,6 +1458,7 @@ dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;margin:0
 dl.meta dt{color:#5b6476}dl.meta dd{margin:0}
 nav a{margin-right:12px;font-size:.9rem}
 pre{background:#f5f6f8;padding:10px;overflow:auto;font-size:.82rem}
+table.ensemble caption{text-align:left;color:#4b5565;font-size:.88rem;padding:2px 0}
 """
 
 
@@ -1017,8 +1474,87 @@ def _chart(fig: go.Figure | None, key: str, empty: str) -> str:
     )
 
 
+def _own_value(model: ModelResult | None, name: str) -> float:
+    if model is None:
+        return math.nan
+    return model.intervals[name].value if name in model.intervals else model.metrics.get(name, math.nan)
+
+
+def _ensemble_table(run: RunResult, model: ModelResult, diag: EnsembleDiagnostics) -> str:
+    """Each member's mean fusion weight beside its own out-of-sample scores (model ``<ensemble>.<member>``
+    where the run scored it)."""
+    scored = {m.name: m for m in run.models}
+    accuracy, log_loss, sharpe = (_metric_display(n) for n in ("accuracy", "log_loss", "sharpe"))
+    rows = []
+    for member in diag.members:
+        own = scored.get(f"{model.name}.{member}")
+        cells = [
+            _format_number(diag.mean_weights[member], accuracy),
+            _format_number(_own_value(own, "accuracy"), accuracy),
+            _format_number(_own_value(own, "log_loss"), log_loss),
+            _format_number(_own_value(own, "sharpe"), sharpe),
+        ]
+        rows.append(
+            f"<tr><td>{_e(member)}</td>" + "".join(f'<td class="num">{cell}</td>' for cell in cells) + "</tr>"
+        )
+    total = sum(w for w in diag.mean_weights.values() if math.isfinite(w))
+    return (
+        f'<table class="ensemble" id="ensemble-weights-{_e(model.name)}"><caption>{_e(model.name)}: '
+        f"{diag.n_rows:,} predictions; mean weights sum to {total * 100:.1f}%</caption>"
+        "<thead><tr><th>Member</th><th>Mean fusion weight (%)</th><th>Own accuracy (%)</th>"
+        "<th>Own log loss</th><th>Own Sharpe after costs</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _ensemble_section(
+    run: RunResult, figures: Mapping[str, go.Figure | None], ensembles: list[_Ensemble]
+) -> str:
+    tables = "".join(_ensemble_table(run, model, diag) for _, model, diag in ensembles)
+    flat = "; ".join(
+        f"{_e(model.name)}: {diag.n_flat:,} of {diag.n_rows:,} rows had no position and are left out"
+        for _, model, diag in ensembles
+        if diag.sizing is not None
+    )
+    body = (
+        tables
+        + _chart(figures["ensemble_weights"], "ensemble_weights", "No fusion weights with timestamps.")
+        + '<p class="caption">Uncertainty against error. Left: labelled predictions split into ten equal '
+        "groups by epistemic uncertainty (the mutual information between the prediction and the ensemble's "
+        "parameters, in nats: how much the members disagree); accuracy (solid, left axis) should fall and "
+        "log loss (dashed, right axis) rise as it grows. Right: the volatility forecast, grouped by the "
+        "spread it states (√log_vol_var); each point is the error actually made (RMSE of ln realised "
+        "volatility − log_vol) against the stated spread. On the dashed line the stated spread is right; above it the "
+        "ensemble is over-confident, below it too cautious. A well-behaved model's error grows with its "
+        "stated uncertainty.</p>"
+        + _chart(
+            figures["ensemble_uncertainty"], "ensemble_uncertainty", "No uncertainty columns were recorded."
+        )
+        + '<p class="caption">Confidence-driven sizing. Rows where the risk manager held a position, split '
+        "into ten equal groups by the ensemble's confidence: bars show the mean position size (% of equity, "
+        "left axis), the line how often the position's direction matched the forward return (right axis). "
+        "Sizing by confidence means the bars rise to the right; it pays when the line rises too."
+        + (f" ({flat}.)" if flat else "")
+        + "</p>"
+        + _chart(figures["ensemble_sizing"], "ensemble_sizing", "No positions were recorded.")
+    )
+    return _section(
+        "ensemble",
+        "Ensemble: member contribution, uncertainty and sizing",
+        "How the deep ensemble combines its members and uses its uncertainty. The table and the first chart "
+        "show each member's weight in the Bayesian fusion (a per-row weight; here its mean over all "
+        "predictions and per period), beside the member's own out-of-sample scores where it was scored as a "
+        "model. The numbers behind every chart are in results.json under the model's “ensemble” key.",
+        body,
+    )
+
+
 def _render_html(
-    run: RunResult, figures: Mapping[str, go.Figure | None], context: Mapping[str, Any], png_status: str
+    run: RunResult,
+    figures: Mapping[str, go.Figure | None],
+    context: Mapping[str, Any],
+    png_status: str,
+    ensembles: list[_Ensemble] | None = None,
 ) -> str:
     best = next((m for m in run.models if m.name == context["signals_model"]), None)
     edge = run.verdict.strip().lower().startswith("significant edge")
@@ -1129,6 +1665,7 @@ def _render_html(
             "is more confident.",
             _chart(figures["deciles"], "deciles", "No confidence deciles were recorded."),
         ),
+        *([_ensemble_section(run, figures, ensembles)] if ensembles else []),
         _section(
             "metrics",
             "Metrics with confidence intervals",
@@ -1181,6 +1718,7 @@ def _render_html(
             ("reliability", "Reliability"),
             ("confidence", "Confidence"),
             ("deciles", "Deciles"),
+            *([("ensemble", "Ensemble")] if ensembles else []),
             ("metrics", "Metrics"),
             ("tests", "Tests"),
             ("canaries", "Canaries"),

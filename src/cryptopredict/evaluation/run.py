@@ -259,11 +259,61 @@ def verdict(best: ModelResult | None) -> str:
 
 def evaluate_models(cfg: Config, run_id: str, models: list[str], *,
                     shuffle_seed: int | None = None) -> tuple[dict[str, pd.DataFrame], list[dict]]:
-    """Walk-forward every model (one parallel item each); (predictions by model, fold summaries)."""
-    items = [{"model": m, "run_id": run_id, **({"shuffle_seed": shuffle_seed} if shuffle_seed is not None else {})}
-             for m in models]
-    outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward")
-    return {o["model"]: read_predictions(cfg, run_id, o["model"]) for o in outs}, outs[0]["folds"]
+    """Walk-forward every model; (predictions by model, fold summaries).
+
+    Models that train through Ray Train (``backend: ray``) run their walk-forward from the driver, in a
+    thread beside the others (one parallel item each): a Ray Train fit started from inside a Ray task
+    would wait for CPUs that the task's siblings hold."""
+    extra = {"shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
+    on_driver = [m for m in models if ec_backend(cfg, m) == "ray"]
+    items = [{"model": m, "run_id": run_id, **extra} for m in models if m not in on_driver]
+    outs: list[dict] = []
+    if on_driver:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from cryptopredict.parallel import absolute_paths, connect_ray
+
+        started = connect_ray(cfg)
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
+                                                                                 **extra}) for m in on_driver]
+                outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward") if items else []
+                outs += [f.result() for f in futures]
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    else:
+        outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward")
+    frames = {o["model"]: read_predictions(cfg, run_id, o["model"]) for o in outs}
+    ordered = {m: frames[m] for m in models}
+    for name in list(ordered):
+        ordered.update(member_frames(name, ordered[name]))
+    return ordered, outs[0]["folds"]
+
+
+def ec_backend(cfg: Config, model: str) -> str:
+    """The training backend a model's parameters ask for (``local`` unless ``backend: ray``)."""
+    return str(cfg.evaluation.model_params.get(model, {}).get("backend", "local"))
+
+
+MEMBER_SEP = "__"
+
+
+def member_frames(name: str, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Each ensemble member's own out-of-sample predictions (``<member>__p_buy`` … columns of the
+    ensemble's frame) as a frame named ``<ensemble>.<member>``, scored like any model."""
+    members = sorted({c.split(MEMBER_SEP)[0] for c in frame.columns if c.endswith(MEMBER_SEP + "p_buy")})
+    shared = ["y_true", "fwd_return", "fwd_vol", "sigma", "fold", "fitted_at_fold", "dead_zone_k"]
+    out = {}
+    for m in members:
+        cols = {f"{m}{MEMBER_SEP}{c}": c for c in ("p_sell", "p_hold", "p_buy", "log_vol", "log_vol_var",
+                                                   "confidence")}
+        out[f"{name}.{m}"] = frame[list(cols)].rename(columns=cols).join(
+            frame[[c for c in shared if c in frame.columns]])
+    return out
 
 
 def _canary(cfg: Config, name: str, frames: dict[str, pd.DataFrame], market: Market) -> CanaryResult:

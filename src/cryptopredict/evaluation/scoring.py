@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
     """Fit every configured model on all labelled rows and store it; returns name → directory."""
     ec, fc = cfg.evaluation, cfg.features
-    X, labels = load_panel(open_lake(cfg), list(cfg.ingest.symbols), fc.horizon, fc.label_vol_window)
+    lake = open_lake(cfg)
+    X, labels = load_panel(lake, list(cfg.ingest.symbols), fc.horizon, fc.label_vol_window)
     ts = pd.DatetimeIndex(X.index.get_level_values("timestamp"))
     hours = ts.asi8 // 3_600_000_000_000
     mask = labels["fwd_return"].notna().to_numpy() & labels["sigma"].notna().to_numpy() & \
         (hours % ec.train_stride == 0)
     labeler = DirectionLabeler(fc.horizon, ec.hold_share).fit(labels["fwd_return"][mask], labels["sigma"][mask])
-    train = make_fold(X, labels, mask, labeler, fc.horizon, "final")
+    corr = _correlations(lake, ec.models)
+    train = make_fold(X, labels, mask, labeler, fc.horizon, "final", corr)
     last = ts[mask].max()
     out = {}
     for name in ec.models:
@@ -53,11 +55,19 @@ def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
     return out
 
 
+def _correlations(lake, models: list[str]) -> pd.DataFrame | None:
+    """The lake's correlation table when one of ``models`` reads it (the graph member), else None."""
+    if any(getattr(model_class(m), "uses_correlations", False) for m in models):
+        return lake.read_frame("correlations")
+    return None
+
+
 def score_later(cfg: Config, models_dir: Path, data_dir: Path, run_id: str) -> tuple[object, Path]:
     """Score the models stored in ``models_dir`` on ``data_dir`` (shipped layout); report under run_dir."""
     from cryptopredict.evaluation.report import write_report
     from cryptopredict.evaluation.results import RunResult
-    from cryptopredict.evaluation.run import buy_and_hold, load_market, run_backtest, score_model, verdict
+    from cryptopredict.evaluation.run import buy_and_hold, load_market, member_frames, run_backtest, score_model, \
+        verdict
     from cryptopredict.features.pipeline import build_features
 
     names = sorted(p.name for p in models_dir.iterdir() if (p / "final_fit.json").is_file()) \
@@ -75,8 +85,10 @@ def score_later(cfg: Config, models_dir: Path, data_dir: Path, run_id: str) -> t
         raise ValueError(f"ingesting {str(data_dir)!r} failed: {failed[0].unit}: {failed[0].error}")
     build_features(later)
     fc = later.features
-    X, labels = load_panel(open_lake(later), list(later.ingest.symbols), fc.horizon, fc.label_vol_window)
+    later_lake = open_lake(later)
+    X, labels = load_panel(later_lake, list(later.ingest.symbols), fc.horizon, fc.label_vol_window)
     ts = pd.DatetimeIndex(X.index.get_level_values("timestamp"))
+    corr = _correlations(later_lake, names)
     frames, results = {}, []
     for name in names:
         directory = models_dir / name
@@ -89,13 +101,15 @@ def score_later(cfg: Config, models_dir: Path, data_dir: Path, run_id: str) -> t
         if missing:
             raise ValueError(f"the later data lacks features {missing[:5]} that {name} was trained on")
         labeler = DirectionLabeler.load(directory / "labeler.json")
-        fold = make_fold(X[meta["features"]], labels, mask, labeler, fc.horizon, "later")
+        fold = make_fold(X[meta["features"]], labels, mask, labeler, fc.horizon, "later", corr)
         model = model_class(name).load(directory)
         pred = model.predict(fold).to_frame().drop(columns="model")
         pred["y_true"], pred["fwd_return"] = fold.y.to_numpy(), fold.fwd_return.to_numpy()
         pred["fwd_vol"], pred["sigma"] = fold.fwd_vol.to_numpy(), fold.sigma.to_numpy()
         pred["fold"] = 0
         frames[name] = pred
+    for name in list(frames):
+        frames.update(member_frames(name, frames[name]))
     span = next(iter(frames.values())).index.get_level_values("timestamp")
     market = load_market(open_lake(later), later, span.min(), span.max())
     bench = buy_and_hold(market, later)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -10,6 +11,27 @@ from cryptopredict.evaluation.backtest import BacktestConfig
 from cryptopredict.evaluation.portfolio import PortfolioConfig
 from cryptopredict.evaluation.risk import RiskConfig
 from cryptopredict.evaluation.splits import SplitConfig
+
+
+# The default (CPU) profile: LightGBM as FreqAI runs it; the deep ensemble small enough for `make run` on
+# two cores (two fits over the 14 folds, 16k recent training rows, 3 epochs; configs/gpu.yaml is the real one).
+DEFAULT_MODEL_PARAMS: dict[str, dict[str, Any]] = {
+    "lightgbm": {"num_boost_round": 300, "early_stopping_rounds": 30,
+                 "params": {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 200,
+                            "feature_fraction": 0.7, "bagging_fraction": 0.7, "bagging_freq": 1,
+                            "lambda_l2": 1.0}},
+    "ensemble": {"window": 32, "backend": "ray", "num_workers": 1,
+                 "train": {"epochs": 3, "batch_size": 256, "max_train_samples": 16000},
+                 "member_train": {"gnn": {"batch_size": 32}},
+                 "fusion": {"steps": 300}},
+}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        base[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return base
 
 
 class CanaryConfig(BaseModel):
@@ -28,19 +50,21 @@ class EvaluationConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(default_factory=lambda: ["majority", "persistence", "momentum", "logistic",
-                                                        "lightgbm"])
-    model_params: dict[str, dict[str, Any]] = Field(default_factory=lambda: {
-        "lightgbm": {"num_boost_round": 300, "early_stopping_rounds": 30,
-                     "params": {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 200,
-                                "feature_fraction": 0.7, "bagging_fraction": 0.7, "bagging_freq": 1,
-                                "lambda_l2": 1.0}},
-    })
+                                                        "lightgbm", "ensemble"])
+    model_params: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_MODEL_PARAMS),
+        description="constructor arguments per model, merged key by key over the built-in defaults")
     test_start: str = Field("2022-01-01", description="first test bar (UTC); earlier data only trains")
     split: SplitConfig = Field(default_factory=lambda: SplitConfig(test_bars=24 * 90, valid_bars=24 * 30,
                                                                    embargo=24))
     max_folds: int | None = Field(None, description="stop after this many folds (quick runs)")
-    refit_every: dict[str, int] = Field(default_factory=dict, description="model → refit every k folds "
+    refit_every: dict[str, int] = Field(default_factory=lambda: {"ensemble": 7}, description="model → refit every k folds "
                                         "(a fit predicts the next k test spans, all after its training span)")
+
+    @field_validator("model_params", mode="before")
+    @classmethod
+    def _merge_params(cls, v: Any) -> Any:
+        return _deep_merge(copy.deepcopy(DEFAULT_MODEL_PARAMS), v) if isinstance(v, dict) else v
 
     @field_validator("test_start", mode="before")
     @classmethod

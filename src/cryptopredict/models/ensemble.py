@@ -92,21 +92,28 @@ class Payload:
     train_rows: tuple[np.ndarray, np.ndarray]   # (symbol position, bar position)
     valid_rows: tuple[np.ndarray, np.ndarray]
     valid_sigma: np.ndarray
+    vol_norm: tuple[float, float] = (0.0, 1.0)  # (mean, std) of the training rows' log vol: nets learn z-scores
 
 
 def member_outputs(member: str, net: torch.nn.Module, panel: Panel, targets: Targets | None,
                    rows: tuple[np.ndarray, np.ndarray], settings: EnsembleSettings,
-                   device: torch.device) -> NetPredictions:
-    """A member's outputs for rows (symbol position, bar position), in row order."""
+                   device: torch.device, vol_norm: tuple[float, float] = (0.0, 1.0)) -> NetPredictions:
+    """A member's outputs for rows (symbol position, bar position), in row order, with log vol and its
+    variance back in log-vol units (the nets learn z-scores of the training rows' log vol)."""
     sym, tpos = rows
     tg = targets or _empty_targets(panel)
     if member in GRAPH_MEMBERS:
         src = GraphSource(panel, tg, tpos, settings.window)
         out = predict_net(net, src, settings.train_for(member), device)
         bar = np.searchsorted(src.tpos.numpy(), tpos)
-        return NetPredictions(out.proba[bar, sym], out.log_vol[bar, sym], out.log_vol_var[bar, sym],
-                              out.confidence[bar, sym])
-    return predict_net(net, SeqSource(panel, tg, sym, tpos, settings.window), settings.train_for(member), device)
+        out = NetPredictions(out.proba[bar, sym], out.log_vol[bar, sym], out.log_vol_var[bar, sym],
+                             out.confidence[bar, sym])
+    else:
+        out = predict_net(net, SeqSource(panel, tg, sym, tpos, settings.window), settings.train_for(member),
+                          device)
+    mean, std = vol_norm
+    return NetPredictions(out.proba, mean + std * out.log_vol, std**2 * out.log_vol_var, out.confidence,
+                          out.attention)
 
 
 def _empty_targets(panel: Panel) -> Targets:
@@ -158,14 +165,15 @@ def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, 
                  res.best_valid_loss, res.samples_per_s)
     if rank != 0:
         return summary
-    outs = [member_outputs(m, nets[m], panel, targets, payload.valid_rows, settings, device)
+    outs = [member_outputs(m, nets[m], panel, targets, payload.valid_rows, settings, device, payload.vol_norm)
             for m in settings.members]
     sym, tpos = payload.valid_rows
+    mean, std = payload.vol_norm
     y = targets.y[sym, tpos].numpy().astype(float)
     y[y < 0] = np.nan
     started = time.perf_counter()
     fusion = BayesianFusion(**settings.fusion)
-    fusion.fit(**_fusion_inputs(outs, payload.valid_sigma), y=y, log_vol=targets.log_vol[sym, tpos].numpy(),
+    fusion.fit(**_fusion_inputs(outs, payload.valid_sigma), y=y, log_vol=mean + std * targets.log_vol[sym, tpos].numpy(),
                times=tpos)
     summary["fusion"] = {"seconds": time.perf_counter() - started, "rows": len(y),
                          "notes": list(getattr(fusion, "notes", []) or [])}
@@ -173,6 +181,7 @@ def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, 
     for member, net in nets.items():
         torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, out_dir / f"{member}.pt")
     fusion.save(out_dir / "fusion")
+    summary["vol_norm"] = list(payload.vol_norm)
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
@@ -192,7 +201,7 @@ class DeepEnsemble:
         self.nets: dict[str, torch.nn.Module] = {}
         self.fusion: Any = None
         self.summary: dict[str, Any] = {}
-        self._dir: Path | None = None
+        self.vol_norm: tuple[float, float] = (0.0, 1.0)
 
     # -- fit ------------------------------------------------------------------------------------------
     def fit(self, train: Fold, valid: Fold | None = None) -> None:
@@ -210,7 +219,12 @@ class DeepEnsemble:
         targets = grid_targets(panel, index, both.to_numpy(), pd.concat([train.fwd_vol, valid.fwd_vol]).to_numpy(),
                                pd.concat([train.sigma, valid.sigma]).to_numpy())
         train_rows = _recent(panel.locate(train.X.index), self.settings.train.max_train_samples)
-        payload = Payload(panel, targets, train_rows, panel.locate(valid.X.index), valid.sigma.to_numpy())
+        lv = targets.log_vol[torch.as_tensor(train_rows[0]), torch.as_tensor(train_rows[1])].numpy()
+        lv = lv[np.isfinite(lv)]
+        self.vol_norm = (float(lv.mean()), float(max(lv.std(), 1e-6))) if lv.size else (0.0, 1.0)
+        targets.log_vol = (targets.log_vol - self.vol_norm[0]) / self.vol_norm[1]
+        payload = Payload(panel, targets, train_rows, panel.locate(valid.X.index), valid.sigma.to_numpy(),
+                          self.vol_norm)
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="cp-ensemble-") as tmp:
@@ -250,7 +264,7 @@ class DeepEnsemble:
         outs = []
         for member in self.settings.members:
             net = self.nets[member].to(device)
-            outs.append(member_outputs(member, net, panel, None, rows, self.settings, device))
+            outs.append(member_outputs(member, net, panel, None, rows, self.settings, device, self.vol_norm))
         fused = self.fusion.predict(**_fusion_inputs(outs, data.sigma.to_numpy()))
         extras: dict[str, np.ndarray] = {"epistemic_vol": fused.epistemic_vol, "aleatoric_vol": fused.aleatoric_vol}
         for j, (member, o) in enumerate(zip(self.settings.members, outs)):
@@ -278,6 +292,7 @@ class DeepEnsemble:
         write_manifest(directory, {"model": self.name, "class": type(self).__name__,
                                    "format_version": FORMAT_VERSION, "params": self.params,
                                    "horizon": self.horizon, "columns": self.columns,
+                                   "vol_norm": list(self.vol_norm),
                                    "files": [*(f"{m}.pt" for m in self.nets), "fusion/", "scaler.json"],
                                    "training": _jsonable(self.summary)})
 
@@ -290,6 +305,7 @@ class DeepEnsemble:
                              f"{manifest.get('format_version')}), not a {cls.__name__} (format {FORMAT_VERSION})")
         model = cls(**manifest["params"])
         model.horizon, model.columns = int(manifest["horizon"]), list(manifest["columns"])
+        model.vol_norm = (float(manifest["vol_norm"][0]), float(manifest["vol_norm"][1]))
         model.scaler = RobustScaler.load(directory / "scaler.json")
         model.summary = manifest.get("training", {})
         model._load_components(directory, len(model.columns))

@@ -205,8 +205,12 @@ def train_net(net: nn.Module, train: Source, valid: Source | None, cfg: TrainCon
     model = torch.compile(net) if use_compile(cfg, device) else net
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     calm_n = int(train.calm.sum())
-    steps = [_epoch_steps(calm_n if e < cfg.curriculum_epochs else train.n, cfg, world)
+    curriculum = calm_n >= cfg.batch_size  # too few calm rows for one batch: no calm-only epochs
+    steps = [_epoch_steps(calm_n if curriculum and e < cfg.curriculum_epochs else train.n, cfg, world)
              for e in range(cfg.epochs)]
+    # a changing Dropout.p is a constant to dynamo: every change would recompile, so compiled runs keep
+    # the starting rate
+    schedule_dropout = not use_compile(cfg, device)
     total_steps = max(1, sum(math.ceil(s / cfg.accumulate) for s in steps))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
                                                 pct_start=cfg.warmup_pct)
@@ -214,10 +218,10 @@ def train_net(net: nn.Module, train: Source, valid: Source | None, cfg: TrainCon
     history: list[dict[str, float]] = []
     seen, bad_epochs, opt_steps = 0, 0, 0
     for epoch in range(cfg.epochs):
-        frac = epoch / max(cfg.epochs - 1, 1)
-        set_dropout(net, cfg.dropout_start + (cfg.dropout_end - cfg.dropout_start) * frac)
-        pool = np.flatnonzero(train.calm) if epoch < cfg.curriculum_epochs and calm_n >= cfg.batch_size \
-            else np.arange(train.n)
+        frac = epoch / max(cfg.epochs - 1, 1) if schedule_dropout else 0.0
+        if schedule_dropout or epoch == 0:
+            set_dropout(net, cfg.dropout_start + (cfg.dropout_end - cfg.dropout_start) * frac)
+        pool = np.flatnonzero(train.calm) if curriculum and epoch < cfg.curriculum_epochs else np.arange(train.n)
         order = pool[rng.permutation(len(pool))]
         per_rank = len(order) // world
         order = order[rank * per_rank:(rank + 1) * per_rank] if world > 1 else order
