@@ -40,6 +40,7 @@ bench: setup
 	$(PY) benchmarks/ingest_parallelism.py
 	$(PY) benchmarks/features_bench.py
 	$(PY) benchmarks/backtest_bench.py
+	$(PY) benchmarks/train_bench.py
 
 # Regenerate the constraints file from the current venv (torch and its CUDA wheels stay free to override).
 lock:

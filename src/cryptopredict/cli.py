@@ -197,11 +197,25 @@ def cmd_evaluate(cfg: Config, data: str | None = None, models_from: str | None =
         run_id = "score-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         run, run_dir = score_later(cfg, Path(models_from), Path(data), run_id)
     else:
-        run, run_dir = evaluate(cfg)
+        from cryptopredict.evaluation.run import ec_backend
+        from cryptopredict.parallel import absolute_paths, connect_ray
+
+        cfg = absolute_paths(cfg)
+        # one Ray runtime for the walk-forward, the canaries and the Ray Train final fits
+        needs_ray = cfg.ray.parallelism != "serial" or any(ec_backend(cfg, m) == "ray"
+                                                            for m in cfg.evaluation.models)
+        started = needs_ray and connect_ray(cfg)
+        try:
+            run, run_dir = evaluate(cfg)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
     print(f"\nVERDICT: {run.verdict}")
     for m in run.models:
         acc, sh = m.intervals["accuracy"], m.intervals["sharpe"]
-        print(f"  {m.name:12} accuracy {acc.value:.3f} [{acc.low:.3f}, {acc.high:.3f}]   "
+        print(f"  {m.name:24} accuracy {acc.value:.3f} [{acc.low:.3f}, {acc.high:.3f}]   "
               f"net Sharpe {sh.value:.2f} [{sh.low:.2f}, {sh.high:.2f}]   "
               f"directional {m.metrics.get('directional_accuracy', float('nan')):.3f}")
     for c in run.canaries:

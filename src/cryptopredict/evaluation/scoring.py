@@ -39,8 +39,8 @@ def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
     corr = _correlations(lake, ec.models)
     train = make_fold(X, labels, mask, labeler, fc.horizon, "final", corr)
     last = ts[mask].max()
-    out = {}
-    for name in ec.models:
+
+    def fit_one(name: str) -> str:
         # no validation span in a final fit: LightGBM runs its configured number of rounds
         model = build_model(name, **ec.model_params.get(name, {}))
         model.fit(train, None)
@@ -50,9 +50,20 @@ def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
         (directory / "final_fit.json").write_text(json.dumps(
             {"model": name, "last_training_bar": last.isoformat(), "rows": int(mask.sum()),
              "horizon": fc.horizon, "features": list(X.columns)}, indent=2))
-        out[name] = str(directory)
         log.info("final fit of %s on %d rows up to %s", name, int(mask.sum()), last)
-    return out
+        return str(directory)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptopredict.evaluation.run import ec_backend
+
+    # models that train on Ray Train workers fit there while the others fit here
+    remote = [m for m in ec.models if ec_backend(cfg, m) == "ray"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = {m: pool.submit(fit_one, m) for m in remote}
+        out = {m: fit_one(m) for m in ec.models if m not in remote}
+        out.update({m: f.result() for m, f in futures.items()})
+    return {m: out[m] for m in ec.models}
 
 
 def _correlations(lake, models: list[str]) -> pd.DataFrame | None:

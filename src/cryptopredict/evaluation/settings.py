@@ -20,7 +20,7 @@ DEFAULT_MODEL_PARAMS: dict[str, dict[str, Any]] = {
                  "params": {"learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 200,
                             "feature_fraction": 0.7, "bagging_fraction": 0.7, "bagging_freq": 1,
                             "lambda_l2": 1.0}},
-    "ensemble": {"window": 32, "backend": "ray", "num_workers": 1,
+    "ensemble": {"window": 32, "backend": "ray", "num_workers": 1, "cpus_per_worker": 0.5,
                  "train": {"epochs": 3, "batch_size": 256, "max_train_samples": 16000},
                  "member_train": {"gnn": {"batch_size": 32}},
                  "fusion": {"steps": 300}},

@@ -62,6 +62,8 @@ class EnsembleSettings(BaseModel):
                                   "stopping and the fusion when the fold has no validation part")
     backend: Literal["local", "ray"] = "local"
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker reserves (a fraction "
+                                   "lets a fit start while other models' tasks hold every CPU)")
     use_gpu: bool | None = Field(None, description="Ray Train workers on GPUs (null: when CUDA is visible)")
     storage_path: str | None = Field(None, description="Ray Train results (null: a temporary directory)")
 

@@ -80,7 +80,9 @@ def fit_with_ray_train(payload: Any, settings: Any, out_dir: Path) -> dict[str, 
         trainer = TorchTrainer(
             _train_loop,
             train_loop_config={"payload": ray.put(payload), "settings": settings.model_dump()},
-            scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=use_gpu),
+            scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": settings.cpus_per_worker,
+                                                               **({"GPU": 1} if use_gpu else {})}),
             run_config=RunConfig(storage_path=str(Path(storage).absolute()), name=f"ensemble-{uuid.uuid4().hex[:8]}"),
         )
         result = trainer.fit()
