@@ -65,8 +65,10 @@ def _json_row_fn(fn: ItemFn, cfg: Config) -> Callable[[dict], dict]:
     return apply
 
 
-def parallel_map(cfg: Config, items: list[dict], fn: ItemFn, *, desc: str = "work") -> list[dict]:
-    """``[fn(cfg, item) for item in items]`` with the configured parallelism, results in item order."""
+def parallel_map(cfg: Config, items: list[dict], fn: ItemFn, *, desc: str = "work",
+                 concurrency: int | None = None) -> list[dict]:
+    """``[fn(cfg, item) for item in items]`` with the configured parallelism, results in item order;
+    at most ``concurrency`` items at once (None: as many as the CPUs allow)."""
     cfg = absolute_paths(cfg)
     mode = cfg.ray.parallelism
     if mode == "serial":
@@ -77,16 +79,21 @@ def parallel_map(cfg: Config, items: list[dict], fn: ItemFn, *, desc: str = "wor
     try:
         if mode == "tasks":
             remote = ray.remote(num_cpus=1)(fn)
-            refs = [remote.remote(cfg, item) for item in items]
-            with tqdm(total=len(refs), desc=desc, unit="item") as bar:
+            limit = concurrency or len(items)
+            refs = [remote.remote(cfg, item) for item in items[:limit]]
+            with tqdm(total=len(items), desc=desc, unit="item") as bar:
                 pending = list(refs)
                 while pending:
                     done, pending = ray.wait(pending, num_returns=1)
                     bar.update(len(done))
+                    if len(refs) < len(items):
+                        refs.append(remote.remote(cfg, items[len(refs)]))
+                        pending.append(refs[-1])
             return ray.get(refs)
         ds = ray.data.from_items([{"index": i, "item": json.dumps(item)} for i, item in enumerate(items)],
                                  override_num_blocks=len(items))
-        rows = ds.map(lambda row: {"index": row["index"], **_json_row_fn(fn, cfg)(row)}, num_cpus=1).take_all()
+        rows = ds.map(lambda row: {"index": row["index"], **_json_row_fn(fn, cfg)(row)}, num_cpus=1,
+                      **({"concurrency": concurrency} if concurrency else {})).take_all()
         return [json.loads(r["result"]) for r in sorted(rows, key=lambda r: r["index"])]
     finally:
         if started:

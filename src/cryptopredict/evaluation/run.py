@@ -278,7 +278,13 @@ def evaluate_models(cfg: Config, run_id: str, models: list[str], *,
             with ThreadPoolExecutor(max_workers=1) as pool:
                 futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
                                                                                  **extra}) for m in on_driver]
-                outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward") if items else []
+                # leave the driver-side models the CPUs their Ray Train workers reserve
+                import ray
+
+                total = int(ray.cluster_resources().get("CPU", 1))
+                reserved = sum(_reserved_cpus(cfg, m) for m in on_driver)
+                outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward",
+                                    concurrency=max(1, int(total - reserved))) if items else []
                 outs += [f.result() for f in futures]
         finally:
             if started:
@@ -292,6 +298,13 @@ def evaluate_models(cfg: Config, run_id: str, models: list[str], *,
     for name in list(ordered):
         ordered.update(member_frames(name, ordered[name]))
     return ordered, outs[0]["folds"]
+
+
+def _reserved_cpus(cfg: Config, model: str) -> float:
+    """CPUs a Ray Train model holds while it fits: its workers' reservations, at least one core (its
+    walk-forward also predicts on the driver)."""
+    p = cfg.evaluation.model_params.get(model, {})
+    return max(1.0, float(p.get("cpus_per_worker", 1.0)) * int(p.get("num_workers", 1)))
 
 
 def ec_backend(cfg: Config, model: str) -> str:
