@@ -66,9 +66,9 @@ def _json_row_fn(fn: ItemFn, cfg: Config) -> Callable[[dict], dict]:
 
 
 def parallel_map(cfg: Config, items: list[dict], fn: ItemFn, *, desc: str = "work",
-                 concurrency: int | None = None) -> list[dict]:
+                 concurrency: int | None = None, num_cpus: float = 1.0) -> list[dict]:
     """``[fn(cfg, item) for item in items]`` with the configured parallelism, results in item order;
-    at most ``concurrency`` items at once (None: as many as the CPUs allow)."""
+    at most ``concurrency`` items at once (None: as many as the CPUs allow), each reserving ``num_cpus``."""
     cfg = absolute_paths(cfg)
     mode = cfg.ray.parallelism
     if mode == "serial":
@@ -78,7 +78,7 @@ def parallel_map(cfg: Config, items: list[dict], fn: ItemFn, *, desc: str = "wor
     started = connect_ray(cfg)
     try:
         if mode == "tasks":
-            remote = ray.remote(num_cpus=1)(fn)
+            remote = ray.remote(num_cpus=num_cpus)(fn)
             limit = concurrency or len(items)
             refs = [remote.remote(cfg, item) for item in items[:limit]]
             with tqdm(total=len(items), desc=desc, unit="item") as bar:
@@ -92,7 +92,7 @@ def parallel_map(cfg: Config, items: list[dict], fn: ItemFn, *, desc: str = "wor
             return ray.get(refs)
         ds = ray.data.from_items([{"index": i, "item": json.dumps(item)} for i, item in enumerate(items)],
                                  override_num_blocks=len(items))
-        rows = ds.map(lambda row: {"index": row["index"], **_json_row_fn(fn, cfg)(row)}, num_cpus=1,
+        rows = ds.map(lambda row: {"index": row["index"], **_json_row_fn(fn, cfg)(row)}, num_cpus=num_cpus,
                       **({"concurrency": concurrency} if concurrency else {})).take_all()
         return [json.loads(r["result"]) for r in sorted(rows, key=lambda r: r["index"])]
     finally:

@@ -283,4 +283,25 @@ def test_asha_stops_bad_trials_and_the_summary_counts_every_trial(tmp_path: Path
     assert "lightgbm" in from_yaml.evaluation.model_params  # the other models' params are kept
     assert EnsembleSettings(**from_yaml.evaluation.model_params["cnn_lstm"]).train_for("cnn_lstm").lr == 1e-2
     assert yaml.safe_load(saved["yaml"]) == yaml.safe_load((out_dir / "best.yaml").read_text())
-    assert seconds < 90
+    # PBO of the tuning selection over the completed trials' per-bar validation losses
+    pbo = member["pbo"]
+    completed = [r for r in member["trial_results"] if r["complete"]]
+    assert pbo is not None and pbo["trials"] == len(completed) >= 2 and 0.0 <= pbo["pbo"] <= 1.0
+    assert all(Path(r["bar_losses_file"]).is_file() for r in completed)
+    # the evaluation reads the summary: its trials count in the Deflated Sharpe, its PBO is a report note
+    from cryptopredict.evaluation.run import tuning_record
+    trials, notes = tuning_record(str(out_dir / "tuning.json"))
+    assert trials == 6 and any("PBO of the tuning selection for cnn_lstm" in n for n in notes)
+
+
+def test_tuning_pbo_is_zero_for_a_dominant_trial_and_near_half_for_noise() -> None:
+    from cryptopredict.training.tuning import tuning_pbo
+
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(1.0, 0.1, 400) for _ in range(6)]
+    dominant = [*noise[:5], noise[5] - 0.5]  # trial 5 has a lower loss on every bar
+    assert tuning_pbo(dominant)["pbo"] == 0.0
+    pbos = [tuning_pbo([np.random.default_rng(10 * s + k).normal(1.0, 0.1, 400) for k in range(6)])["pbo"]
+            for s in range(8)]
+    assert 0.2 < float(np.mean(pbos)) < 0.8
+    assert tuning_pbo(noise[:1]) is None  # one trial: nothing to select among

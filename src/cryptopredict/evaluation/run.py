@@ -13,6 +13,7 @@ the reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -278,13 +279,15 @@ def evaluate_models(cfg: Config, run_id: str, models: list[str], *,
             with ThreadPoolExecutor(max_workers=1) as pool:
                 futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
                                                                                  **extra}) for m in on_driver]
-                # leave the driver-side models the CPUs their Ray Train workers reserve
+                # the other models' tasks reserve a little less than a CPU each, so that a Ray Train worker
+                # can start whenever its fit comes (the cores are shared, none is left idle)
                 import ray
 
-                total = int(ray.cluster_resources().get("CPU", 1))
+                total = float(ray.cluster_resources().get("CPU", 1))
                 reserved = sum(_reserved_cpus(cfg, m) for m in on_driver)
+                per_item = max(0.1, min(1.0, (total - reserved) / max(1.0, total)))
                 outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward",
-                                    concurrency=max(1, int(total - reserved))) if items else []
+                                    num_cpus=per_item) if items else []
                 outs += [f.result() for f in futures]
         finally:
             if started:
@@ -301,10 +304,32 @@ def evaluate_models(cfg: Config, run_id: str, models: list[str], *,
 
 
 def _reserved_cpus(cfg: Config, model: str) -> float:
-    """CPUs a Ray Train model holds while it fits: its workers' reservations, at least one core (its
-    walk-forward also predicts on the driver)."""
+    """CPUs a Ray Train model's workers reserve while it fits."""
     p = cfg.evaluation.model_params.get(model, {})
-    return max(1.0, float(p.get("cpus_per_worker", 1.0)) * int(p.get("num_workers", 1)))
+    return float(p.get("cpus_per_worker", 1.0)) * int(p.get("num_workers", 1))
+
+
+def tuning_record(path: str | None) -> tuple[int, list[str]]:
+    """(trials, report notes) of a `cryptopredict tune` summary: every configuration tried counts in the
+    Deflated Sharpe; the PBO of picking the best trial per model (CSCV over the completed trials' per-bar
+    validation log loss, before the test span) is reported."""
+    if not path:
+        return 0, []
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"evaluation.tuning_summary {path!r} does not exist (run `cryptopredict tune`)")
+    summary = json.loads(p.read_text())
+    notes = [f"tuning ({p}): {summary['n_trials']} configurations tried on data before "
+             f"{summary['test_start']}, counted as trials in the Deflated Sharpe"]
+    for model, s in summary.get("models", {}).items():
+        pbo = s.get("pbo")
+        if pbo:
+            notes.append(f"PBO of the tuning selection for {model}: {pbo['pbo']:.2f} (CSCV over {pbo['trials']} "
+                         f"completed trials, {pbo['bars']} validation bars, {pbo['combinations']} combinations)")
+        else:
+            notes.append(f"PBO of the tuning selection for {model}: not computed (fewer than two completed "
+                         "trials with per-bar scores)")
+    return int(summary["n_trials"]), notes
 
 
 def ec_backend(cfg: Config, model: str) -> str:
@@ -418,7 +443,9 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
                      f"rebalanced every {pc.rebalance_bars} bars at the close, covariance of the trailing "
                      f"{pc.cov_window_bars} bars' log returns; counted as trials in the Deflated Sharpe "
                      "and PBO")
-    n_trials = len(results) + ec.n_trials_extra
+    tuned_trials, tuning_notes = tuning_record(ec.tuning_summary)
+    notes += tuning_notes
+    n_trials = len(results) + ec.n_trials_extra + tuned_trials
     for res, r in zip(results, all_returns):
         res.metrics["deflated_sharpe"] = deflated_sharpe(r, all_returns, n_trials)
     pbo_note = _pbo_note(results, all_returns)

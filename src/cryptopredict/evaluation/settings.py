@@ -82,6 +82,8 @@ class EvaluationConfig(BaseModel):
                             "and store it under <run_dir>/<run id>/models (for `evaluate --data`)")
     n_trials_extra: int = Field(0, ge=0, description="configurations tried outside this run (tuning), for "
                                 "the Deflated Sharpe")
+    tuning_summary: str | None = Field(None, description="a `cryptopredict tune` tuning.json: its trials count "
+                                       "in the Deflated Sharpe and its PBO (CSCV over the trials) is reported")
     portfolio: PortfolioConfig = Field(default_factory=PortfolioConfig,
                                        description="allocations across coins from a model's predictions, "
                                        "backtested and scored like the models")

@@ -188,6 +188,27 @@ def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, 
     return summary
 
 
+def make_payload(train: Fold, valid: Fold, settings: EnsembleSettings, *, correlations: bool
+                 ) -> tuple[Payload, RobustScaler]:
+    """The tensors of one fit: the scaler on the training rows, the dense panel up to the last validation
+    bar, labels on its grid with log vol as z-scores of the training rows' (``vol_norm``), and the most
+    recent ``max_train_samples`` training rows."""
+    scaler = fit_scaler(train.X)
+    end = max(train.timestamps.max(), valid.timestamps.max())
+    panel = build_panel(_panel_of(train)[list(train.X.columns)], scaler, end=end,
+                        correlations=train.correlations if correlations else None)
+    both = pd.concat([train.y, valid.y])
+    targets = grid_targets(panel, both.index, both.to_numpy(), pd.concat([train.fwd_vol, valid.fwd_vol]).to_numpy(),
+                           pd.concat([train.sigma, valid.sigma]).to_numpy())
+    train_rows = _recent(panel.locate(train.X.index), settings.train.max_train_samples)
+    lv = targets.log_vol[torch.as_tensor(train_rows[0]), torch.as_tensor(train_rows[1])].numpy()
+    lv = lv[np.isfinite(lv)]
+    vol_norm = (float(lv.mean()), float(max(lv.std(), 1e-6))) if lv.size else (0.0, 1.0)
+    targets.log_vol = (targets.log_vol - vol_norm[0]) / vol_norm[1]
+    return Payload(panel, targets, train_rows, panel.locate(valid.X.index), valid.sigma.to_numpy(),
+                   vol_norm), scaler
+
+
 class DeepEnsemble:
     """Transformer + Bi-LSTM + CNN-LSTM + graph network, fused by a Bayesian layer (``MEMBER_NETS``)."""
 
@@ -212,21 +233,10 @@ class DeepEnsemble:
             train, valid = _holdout(train, self.settings.valid_fraction)
         self.horizon = train.horizon
         self.columns = list(train.X.columns)
-        self.scaler = fit_scaler(train.X)
-        end = max(train.timestamps.max(), valid.timestamps.max())
-        corr = train.correlations if any(m in GRAPH_MEMBERS for m in self.settings.members) else None
-        panel = build_panel(_panel_of(train)[self.columns], self.scaler, end=end, correlations=corr)
-        both = pd.concat([train.y, valid.y])
-        index = both.index
-        targets = grid_targets(panel, index, both.to_numpy(), pd.concat([train.fwd_vol, valid.fwd_vol]).to_numpy(),
-                               pd.concat([train.sigma, valid.sigma]).to_numpy())
-        train_rows = _recent(panel.locate(train.X.index), self.settings.train.max_train_samples)
-        lv = targets.log_vol[torch.as_tensor(train_rows[0]), torch.as_tensor(train_rows[1])].numpy()
-        lv = lv[np.isfinite(lv)]
-        self.vol_norm = (float(lv.mean()), float(max(lv.std(), 1e-6))) if lv.size else (0.0, 1.0)
-        targets.log_vol = (targets.log_vol - self.vol_norm[0]) / self.vol_norm[1]
-        payload = Payload(panel, targets, train_rows, panel.locate(valid.X.index), valid.sigma.to_numpy(),
-                          self.vol_norm)
+        uses_graph = any(m in GRAPH_MEMBERS for m in self.settings.members)
+        payload, self.scaler = make_payload(train, valid, self.settings, correlations=uses_graph)
+        self.vol_norm = payload.vol_norm
+        panel, train_rows = payload.panel, payload.train_rows
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="cp-ensemble-") as tmp:

@@ -54,14 +54,13 @@ from cryptopredict.evaluation.splits import SplitConfig, resolve_embargo, walk_f
 from cryptopredict.evaluation.walkforward import _stride_mask
 from cryptopredict.labels import DirectionLabeler
 from cryptopredict.models.base import Fold
+from cryptopredict.models.ensemble import make_payload as ensemble_payload
 from cryptopredict.models.ensemble import (
     GRAPH_MEMBERS,
     MEMBER_NETS,
     EnsembleSettings,
     Payload,
     _fusion_inputs,
-    _panel_of,
-    _recent,
     build_net,
     member_outputs,
 )
@@ -74,7 +73,6 @@ from cryptopredict.training.trainer import (
     resolve_device,
     train_net,
 )
-from cryptopredict.training.windows import build_panel, fit_scaler, grid_targets
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +125,8 @@ def tuning_window(cfg: Config) -> tuple[pd.Timestamp, pd.Timestamp, int]:
 
 
 def make_payload(train: Fold, valid: Fold, settings: EnsembleSettings, *, correlations: bool) -> Payload:
-    """The tensors of one fit, as ``DeepEnsemble.fit`` builds them: scaler on the training rows, the dense
-    panel up to the last validation bar, labels on its grid."""
-    columns = list(train.X.columns)
-    scaler = fit_scaler(train.X)
-    end = max(train.timestamps.max(), valid.timestamps.max())
-    panel = build_panel(_panel_of(train)[columns], scaler, end=end,
-                        correlations=train.correlations if correlations else None)
-    both = pd.concat([train.y, valid.y])
-    targets = grid_targets(panel, both.index, both.to_numpy(),
-                           pd.concat([train.fwd_vol, valid.fwd_vol]).to_numpy(),
-                           pd.concat([train.sigma, valid.sigma]).to_numpy())
-    train_rows = _recent(panel.locate(train.X.index), settings.train.max_train_samples)
-    return Payload(panel, targets, train_rows, panel.locate(valid.X.index), valid.sigma.to_numpy())
+    """The tensors of one fit, exactly as ``DeepEnsemble.fit`` builds them."""
+    return ensemble_payload(train, valid, settings, correlations=correlations)[0]
 
 
 def prepare_tuning_data(X: pd.DataFrame, labels: pd.DataFrame, cfg: Config, settings: EnsembleSettings,
@@ -334,6 +321,7 @@ def member_objective(member: str, payloads: list[Payload], settings: EnsembleSet
     epochs = cfg.epochs
     n = len(payloads)
     bests: list[float] = []
+    bar_losses: list[np.ndarray] = []
     iteration = 0
     for k, payload in enumerate(payloads):
         seen = {"last_row_s": float(_row_times(payload).max().timestamp()),
@@ -353,11 +341,42 @@ def member_objective(member: str, payloads: list[Payload], settings: EnsembleSet
 
         torch.manual_seed(settings.train.seed + _seed_offset(member))
         net = build_net(member, payload.panel.n_features, settings).to(device)
-        train_member(member, net, payload, settings, device, on_epoch=lambda row: emit(row["valid_loss"]))
+        res = train_member(member, net, payload, settings, device, on_epoch=lambda row: emit(row["valid_loss"]))
+        net.load_state_dict(res.state_dict)
+        bar_losses.append(validation_bar_losses(member, net, payload, settings, device))
         while state["epoch"] < epochs:  # stopped by patience: its best epoch's weights stand
             emit(state["best"])
         bests.append(state["best"])
-    return {"objective": float(np.mean(bests)), "fold_best": bests}
+    return {"objective": float(np.mean(bests)), "fold_best": bests, "bar_losses": np.concatenate(bar_losses)}
+
+
+def validation_bar_losses(member: str, net: torch.nn.Module, payload: Payload, settings: EnsembleSettings,
+                          device: torch.device) -> np.ndarray:
+    """Mean direction log loss per validation bar (time order) of a trained member: the per-period
+    score of one trial, for the PBO of the tuning selection."""
+    out = member_outputs(member, net, payload.panel, payload.targets, payload.valid_rows, settings, device)
+    sym, tpos = payload.valid_rows
+    y = payload.targets.y[torch.as_tensor(sym), torch.as_tensor(tpos)].numpy()
+    known = y >= 0
+    loss = -np.log(np.clip(out.proba[known, y[known]], 1e-15, 1.0))
+    return pd.Series(loss).groupby(tpos[known]).mean().sort_index().to_numpy()
+
+
+def tuning_pbo(bar_losses: list[np.ndarray], n_partitions: int = 16) -> dict[str, Any] | None:
+    """PBO (CSCV) of picking the best of the completed trials, each scored by −log loss per validation bar;
+    None when fewer than two trials share the same bars."""
+    from cryptopredict.evaluation.stats import probability_of_backtest_overfitting
+
+    if not bar_losses:
+        return None
+    n = max(set(len(b) for b in bar_losses), key=[len(b) for b in bar_losses].count)
+    same = [b for b in bar_losses if len(b) == n]
+    parts = min(n_partitions, 2 * (n // 4))
+    if len(same) < 2 or parts < 2:
+        return None
+    res = probability_of_backtest_overfitting(-np.column_stack(same), n_partitions=parts, metric="mean")
+    return {"pbo": float(res.pbo), "trials": len(same), "bars": int(n), "partitions": parts,
+            "combinations": int(res.n_combinations), "score": "−mean log loss per validation bar"}
 
 
 @dataclass
@@ -391,13 +410,15 @@ def fusion_inputs(payload: Payload, settings: EnsembleSettings, horizon: int,
         net = build_net(member, panel.n_features, settings).to(device)
         res = train_member(member, net, payload, settings, device)
         net.load_state_dict(res.state_dict)
-        outs.append(member_outputs(member, net, panel, targets, payload.valid_rows, settings, device))
+        outs.append(member_outputs(member, net, panel, targets, payload.valid_rows, settings, device,
+                                   payload.vol_norm))
     arrays = _fusion_inputs(outs, payload.valid_sigma)
+    mean, std = payload.vol_norm
     sym, tpos = payload.valid_rows
     y = targets.y[sym, tpos].numpy().astype(float)
     y[y < 0] = np.nan
     step = panel.times[1] - panel.times[0] if len(panel.times) > 1 else pd.Timedelta(hours=1)
-    return FusionInputs(**arrays, y=y, log_vol=targets.log_vol[sym, tpos].numpy().astype(float),
+    return FusionInputs(**arrays, y=y, log_vol=mean + std * targets.log_vol[sym, tpos].numpy().astype(float),
                         timestamps=panel.times[tpos].as_unit("ns").asi8, purge_ns=int(horizon * step.value),
                         members=list(settings.members))
 
@@ -444,7 +465,9 @@ def _member_trainable(config: dict[str, Any], *, member: str, base: dict[str, An
 
     payloads = [_local(p) for p in ray.get(list(payload_refs))]
     settings = member_settings(member, base, config, max_epochs=max_epochs, device=device)
-    member_objective(member, payloads, settings, tune.report)
+    result = member_objective(member, payloads, settings, tune.report)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    np.save(trial_dir / BAR_LOSSES, result["bar_losses"])
 
 
 def _fusion_trainable(config: dict[str, Any], *, base_fusion: dict[str, Any], inputs: list[FusionInputs],
@@ -473,8 +496,19 @@ def _trial_rows(grid: Any, max_t: int, n_folds: int) -> list[dict[str, Any]]:
                      "stopped_early": r.error is None and not complete and iters < max_t,
                      "error": None if r.error is None else _last_line(r.error),
                      "seconds": _finite(m.get("time_total_s")),
-                     "last_row": _iso_s(m.get("last_row_s")), "last_panel_bar": _iso_s(m.get("last_panel_bar_s"))})
+                     "last_row": _iso_s(m.get("last_row_s")), "last_panel_bar": _iso_s(m.get("last_panel_bar_s")),
+                     "bar_losses_file": _bar_losses_file(r) if complete else None})
     return rows
+
+
+BAR_LOSSES = "bar_losses.npy"
+
+
+def _bar_losses_file(result: Any) -> str | None:
+    path = getattr(result, "path", None)
+    if not path or not (Path(path) / BAR_LOSSES).is_file():
+        return None
+    return str(Path(path) / BAR_LOSSES)
 
 
 def _last_line(error: BaseException) -> str:
@@ -506,7 +540,8 @@ def _model_summary(model: str, rows: list[dict[str, Any]], experiment: Path, sec
         first = next((r["error"] for r in rows if r["error"]), "no trial completed")
         raise ValueError(f"tuning {model}: no trial completed ({len(rows)} run); first error: {first}")
     best = min(complete, key=lambda r: r["objective"])
-    return {"trials": len(rows), "completed": len(complete),
+    losses = [np.load(r["bar_losses_file"]) for r in complete if r.get("bar_losses_file")]
+    return {"trials": len(rows), "completed": len(complete), "pbo": tuning_pbo(losses),
             "stopped_early": sum(r["stopped_early"] for r in rows), "errored": sum(bool(r["error"]) for r in rows),
             "best_config": best["config"], "best_objective": best["objective"], "best_trial": best["trial_id"],
             "experiment": str(experiment), "seconds": round(seconds, 2), "trial_results": rows}
