@@ -200,6 +200,7 @@ def test_tuning_data_stops_before_the_test_span_with_purged_inner_folds(tmp_path
 def test_member_objective_reports_every_epoch_and_pads_early_stops(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from cryptopredict.training import tuning
+    from cryptopredict.training.trainer import TrainResult
     from cryptopredict.training.tuning import member_objective, member_settings, prepare_tuning_data
 
     cfg = _cfg(tmp_path)
@@ -217,6 +218,7 @@ def test_member_objective_reports_every_epoch_and_pads_early_stops(tmp_path: Pat
     def stops_after_two(member, net, payload, settings, device, on_epoch=None):  # type: ignore[no-untyped-def]
         on_epoch({"valid_loss": 1.0})
         on_epoch({"valid_loss": float("nan")})  # diverged: reported as a large finite loss
+        return TrainResult(net.state_dict(), 0, 1.0)
 
     monkeypatch.setattr(tuning, "train_member", stops_after_two)
     reports.clear()
@@ -224,7 +226,9 @@ def test_member_objective_reports_every_epoch_and_pads_early_stops(tmp_path: Pat
     assert [r["valid_loss"] for r in reports] == [1.0, tuning.DIVERGED_LOSS, 1.0, 1.0] * 2
     assert [r["fold"] for r in reports] == [0] * 4 + [1] * 4 and reports[-1]["iteration"] == 8
     assert [r["folds_complete"] for r in reports] == [0, 0, 0, 1, 1, 1, 1, 2]
-    assert out == {"objective": 1.0, "fold_best": [1.0, 1.0]}
+    assert out["objective"] == 1.0 and out["fold_best"] == [1.0, 1.0]
+    n_bars = sum(len(np.unique(p.valid_rows[1])) for p in data.folds * 2)
+    assert len(out["bar_losses"]) == n_bars and np.all(np.isfinite(out["bar_losses"]))
 
 
 # ---------------------------------------------------------------------------------------- Ray Tune
