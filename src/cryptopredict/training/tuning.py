@@ -312,8 +312,8 @@ def _seed_offset(member: str) -> int:
     return list(MEMBER_NETS).index(member)
 
 
-def member_objective(member: str, payloads: list[Payload], settings: EnsembleSettings, report: Report
-                     ) -> dict[str, Any]:
+def member_objective(member: str, payloads: list[Payload], settings: EnsembleSettings, report: Report,
+                     on_bar_losses: Callable[[np.ndarray], None] | None = None) -> dict[str, Any]:
     """Train ``member`` on every inner fold; ``report`` gets one metrics dict per epoch (padded to
     ``epochs`` per fold when patience stops a fold early). Returns the objective and per-fold bests."""
     cfg = settings.train_for(member)
@@ -328,9 +328,16 @@ def member_objective(member: str, payloads: list[Payload], settings: EnsembleSet
                 "last_panel_bar_s": float(payload.panel.times.max().timestamp())}
         state = {"epoch": 0, "best": math.inf}
 
-        def emit(loss: float, k: int = k, seen: dict[str, float] = seen, state: dict[str, float] = state) -> None:
-            nonlocal iteration
+        def emit(loss: float, k: int = k, seen: dict[str, float] = seen, state: dict[str, float] = state,
+                 trained: bool = False) -> None:
+            nonlocal iteration, fold_losses
             loss = float(loss) if math.isfinite(loss) else DIVERGED_LOSS
+            if trained and (fold_losses is None or loss < state["best"]):
+                # the per-bar losses of the best epoch so far, saved BEFORE the report: Tune may end the
+                # trial at any report (ASHA, or max_t reached)
+                fold_losses = validation_bar_losses(member, net, payload, settings, device)
+                if on_bar_losses is not None:
+                    on_bar_losses(np.concatenate([*bar_losses, fold_losses]))
             state["epoch"] += 1
             state["best"] = min(state["best"], loss)
             iteration += 1
@@ -341,9 +348,12 @@ def member_objective(member: str, payloads: list[Payload], settings: EnsembleSet
 
         torch.manual_seed(settings.train.seed + _seed_offset(member))
         net = build_net(member, payload.panel.n_features, settings).to(device)
-        res = train_member(member, net, payload, settings, device, on_epoch=lambda row: emit(row["valid_loss"]))
+        fold_losses: np.ndarray | None = None
+        res = train_member(member, net, payload, settings, device,
+                           on_epoch=lambda row: emit(row["valid_loss"], trained=True))
         net.load_state_dict(res.state_dict)
-        bar_losses.append(validation_bar_losses(member, net, payload, settings, device))
+        bar_losses.append(fold_losses if fold_losses is not None
+                          else validation_bar_losses(member, net, payload, settings, device))
         while state["epoch"] < epochs:  # stopped by patience: its best epoch's weights stand
             emit(state["best"])
         bests.append(state["best"])
@@ -458,16 +468,22 @@ def _local(payload: Payload) -> Payload:
 
 
 def _member_trainable(config: dict[str, Any], *, member: str, base: dict[str, Any], payload_refs: list[Any],
-                      max_epochs: int, device: str) -> None:
+                      max_epochs: int, device: str, losses_dir: str) -> None:
     """A Tune function trainable: one member, one configuration, every inner fold."""
     import ray
     from ray import tune
 
     payloads = [_local(p) for p in ray.get(list(payload_refs))]
     settings = member_settings(member, base, config, max_epochs=max_epochs, device=device)
-    result = member_objective(member, payloads, settings, tune.report)
-    trial_dir = Path(tune.get_context().get_trial_dir())
-    np.save(trial_dir / BAR_LOSSES, result["bar_losses"])
+    out = Path(losses_dir) / f"{tune.get_context().get_trial_id()}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(losses: np.ndarray) -> None:  # atomic: a trial may be ended right after
+        tmp = out.with_suffix(".tmp.npy")
+        np.save(tmp, losses)
+        tmp.replace(out)
+
+    member_objective(member, payloads, settings, tune.report, on_bar_losses=save)
 
 
 def _fusion_trainable(config: dict[str, Any], *, base_fusion: dict[str, Any], inputs: list[FusionInputs],
@@ -484,7 +500,7 @@ def _fusion_inputs_task(settings: dict[str, Any], horizon: int, *payloads: Paylo
     return [fusion_inputs(_local(p), s, horizon) for p in payloads]
 
 
-def _trial_rows(grid: Any, max_t: int, n_folds: int) -> list[dict[str, Any]]:
+def _trial_rows(grid: Any, max_t: int, n_folds: int, losses_dir: Path | None) -> list[dict[str, Any]]:
     rows = []
     for r in grid:
         m = r.metrics or {}
@@ -497,18 +513,17 @@ def _trial_rows(grid: Any, max_t: int, n_folds: int) -> list[dict[str, Any]]:
                      "error": None if r.error is None else _last_line(r.error),
                      "seconds": _finite(m.get("time_total_s")),
                      "last_row": _iso_s(m.get("last_row_s")), "last_panel_bar": _iso_s(m.get("last_panel_bar_s")),
-                     "bar_losses_file": _bar_losses_file(r) if complete else None})
+                     "bar_losses_file": _bar_losses_file(losses_dir, m.get("trial_id")) if complete else None})
     return rows
 
 
-BAR_LOSSES = "bar_losses.npy"
+BAR_LOSSES_DIR = "bar_losses"  # <tuning dir>/<model>/bar_losses/<trial id>.npy
 
 
-def _bar_losses_file(result: Any) -> str | None:
-    path = getattr(result, "path", None)
-    if not path or not (Path(path) / BAR_LOSSES).is_file():
+def _bar_losses_file(losses_dir: Path | None, trial_id: str | None) -> str | None:
+    if losses_dir is None or not trial_id or not (losses_dir / f"{trial_id}.npy").is_file():
         return None
-    return str(Path(path) / BAR_LOSSES)
+    return str(losses_dir / f"{trial_id}.npy")
 
 
 def _last_line(error: BaseException) -> str:
@@ -606,9 +621,10 @@ def tune_models(cfg: Config, *, run_id: str | None = None, data: TuningData | No
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                       grace_period=min(tc.grace_period, max_t), reduction_factor=tc.reduction_factor)
             trainable = tune.with_parameters(_member_trainable, member=model, base=base, payload_refs=refs,
-                                             max_epochs=tc.max_epochs, device=device)
+                                             max_epochs=tc.max_epochs, device=device,
+                                             losses_dir=str(out_dir / model / BAR_LOSSES_DIR))
             grid = _run_tuner(trainable, build_search_space(spaces[model]), model, out_dir, tc, seed, scheduler)
-            rows = _trial_rows(grid, max_t, len(data.folds))
+            rows = _trial_rows(grid, max_t, len(data.folds), out_dir / model / BAR_LOSSES_DIR)
             summary_models[model] = _model_summary(model, rows, out_dir / model, time.perf_counter() - t0)
             log.info("tuned %s: %d trials, best objective %.4f", model, len(rows),
                      summary_models[model]["best_objective"])
@@ -627,7 +643,7 @@ def tune_models(cfg: Config, *, run_id: str | None = None, data: TuningData | No
             trainable = tune.with_parameters(_fusion_trainable, base_fusion=dict(base_settings.fusion),
                                              inputs=inputs, holdout=tc.fusion_holdout)
             grid = _run_tuner(trainable, build_search_space(spaces["fusion"]), "fusion", out_dir, tc, seed, None)
-            rows = _trial_rows(grid, 1, len(inputs))
+            rows = _trial_rows(grid, 1, len(inputs), None)
             summary_models["fusion"] = _model_summary("fusion", rows, out_dir / "fusion", time.perf_counter() - t0)
             summary_models["fusion"]["members"] = list(inputs[0].members)
     finally:
