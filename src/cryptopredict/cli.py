@@ -270,6 +270,12 @@ def cmd_tune(cfg: Config) -> int:
     console.print(table)
     if summary.get("window_note"):
         console.print(f"note: {summary['window_note']}")
+    for model, m in summary["models"].items():
+        if "pbo" in m:
+            pbo = m["pbo"]
+            console.print(f"PBO of the {model} selection: " + (
+                f"{pbo['pbo']:.2f} (CSCV over {pbo['trials']} completed trials, {pbo['bars']} validation bars)"
+                if pbo else "not computed (fewer than two completed trials)"))
     console.print(f"{summary['n_trials']} trials in all; summary: {out_dir / SUMMARY_FILE}; "
                   f"config snippet: {out_dir / 'best.yaml'}")
     print("apply the best settings and count the trials in the Deflated Sharpe:")
