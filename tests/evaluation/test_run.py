@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 
 from cryptopredict.config import Config, ConfigError, load_config
-from cryptopredict.data.ingest import ingest_ohlcv, open_lake
-from cryptopredict.data.snapshot import read_snapshot_ohlcv
 from cryptopredict.evaluation.run import evaluate, run_canaries
 from cryptopredict.features.pipeline import build_features
 from tests.conftest import SHIPPED_DATA
+from tests.support.shipped import ingest_shipped_slice
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 START, END = pd.Timestamp("2021-03-01", tz="UTC"), pd.Timestamp("2022-04-01", tz="UTC")
@@ -37,11 +36,7 @@ def _cfg(tmp: Path) -> Config:
 def evaluated(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("eval")
     cfg = _cfg(tmp)
-    lake = open_lake(cfg)
-    for s in SYMBOLS:
-        bars = read_snapshot_ohlcv(SHIPPED_DATA, s)
-        ingest_ohlcv(lake, bars[(bars["timestamp"] >= START) & (bars["timestamp"] < END)], exchange="binance",
-                     symbol=s, timeframe="1h", cfg=cfg)
+    ingest_shipped_slice(cfg, SYMBOLS, START, END)
     assert not build_features(cfg).errors
     run, run_dir = evaluate(cfg, run_id="t1")
     return cfg, run, run_dir

@@ -134,6 +134,17 @@ def _fusion_inputs(outs: list[NetPredictions], sigma: np.ndarray) -> dict[str, n
             "context": ctx[:, None].astype(np.float64)}
 
 
+def member_sources(member: str, payload: Payload, settings: EnsembleSettings
+                   ) -> tuple[SeqSource | GraphSource, SeqSource | GraphSource]:
+    """(training, validation) samples of one member: graph samples per bar, or windows per row."""
+    panel, targets = payload.panel, payload.targets
+    if member in GRAPH_MEMBERS:
+        return (GraphSource(panel, targets, payload.train_rows[1], settings.window),
+                GraphSource(panel, targets, payload.valid_rows[1], settings.window))
+    return (SeqSource(panel, targets, *payload.train_rows, settings.window),
+            SeqSource(panel, targets, *payload.valid_rows, settings.window))
+
+
 def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, *, rank: int = 0,
                    world: int = 1, device: torch.device | None = None,
                    wrap: Any = None, report: Any = None) -> dict[str, Any]:
@@ -150,12 +161,7 @@ def fit_components(payload: Payload, settings: EnsembleSettings, out_dir: Path, 
         torch.manual_seed(settings.train.seed + i)
         net = build_net(member, panel.n_features, settings).to(device)
         trained = wrap(net) if wrap is not None else net
-        if member in GRAPH_MEMBERS:
-            tr = GraphSource(panel, targets, payload.train_rows[1], settings.window)
-            va = GraphSource(panel, targets, payload.valid_rows[1], settings.window)
-        else:
-            tr = SeqSource(panel, targets, *payload.train_rows, settings.window)
-            va = SeqSource(panel, targets, *payload.valid_rows, settings.window)
+        tr, va = member_sources(member, payload, settings)
         res = train_net(trained, tr, va, settings.train_for(member), device=device, rank=rank, world=world,
                         on_epoch=(lambda row, m=member: report(m, row)) if report else None)
         net.load_state_dict(res.state_dict)

@@ -63,11 +63,10 @@ from cryptopredict.models.ensemble import (
     _fusion_inputs,
     build_net,
     member_outputs,
+    member_sources,
 )
 from cryptopredict.training.settings import MEMBER_NAMES, TuningConfig, flatten_space
 from cryptopredict.training.trainer import (
-    GraphSource,
-    SeqSource,
     TrainConfig,
     TrainResult,
     resolve_device,
@@ -296,13 +295,7 @@ def train_member(member: str, net: torch.nn.Module, payload: Payload, settings: 
                  device: torch.device, on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
     """Train one member on a payload's training rows with early stopping on its validation rows (the
     sources exactly as ``fit_components`` builds them)."""
-    panel, targets = payload.panel, payload.targets
-    if member in GRAPH_MEMBERS:
-        tr = GraphSource(panel, targets, payload.train_rows[1], settings.window)
-        va = GraphSource(panel, targets, payload.valid_rows[1], settings.window)
-    else:
-        tr = SeqSource(panel, targets, *payload.train_rows, settings.window)
-        va = SeqSource(panel, targets, *payload.valid_rows, settings.window)
+    tr, va = member_sources(member, payload, settings)
     return train_net(net, tr, va, settings.train_for(member), device=device, on_epoch=on_epoch)
 
 
