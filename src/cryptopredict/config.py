@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cryptopredict.evaluation.settings import EvaluationConfig
 from cryptopredict.features.settings import FeaturesConfig  # each family's knobs live with the family
+from cryptopredict.monitoring.settings import MonitoringConfig
+from cryptopredict.paper.settings import PaperConfig
+from cryptopredict.registry.settings import RegistryConfig
+from cryptopredict.serving.settings import ServingConfig
 from cryptopredict.training.settings import TuningConfig  # pydantic only: no torch/ray at config import
 
 SHIPPED_SYMBOLS = [
@@ -127,6 +131,10 @@ class Config(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    paper: PaperConfig = Field(default_factory=PaperConfig)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
