@@ -156,3 +156,23 @@ def test_allocations_of_the_best_model_are_scored_and_counted(evaluated) -> None
 def test_allocations_must_name_evaluated_models() -> None:
     with pytest.raises(ConfigError, match="portfolio.models"):
         load_config(None, ["evaluation.models=[majority]", "evaluation.portfolio.models=[lightgbm]"])
+
+
+@pytest.mark.slow
+def test_folds_split_into_parallel_chunks_give_the_same_predictions(evaluated) -> None:  # type: ignore[no-untyped-def]
+    """``evaluation.fold_chunks`` only changes how the folds are scheduled: every fold is still fitted on
+    its own training span, so the merged predictions equal the unsplit run's, row for row."""
+    from cryptopredict.evaluation.run import evaluate_models
+    from cryptopredict.evaluation.walkforward import chunk_groups
+
+    cfg, run, _ = evaluated
+    assert chunk_groups(3, 1, 2) == [[0, 1], [2]]
+    assert chunk_groups(14, 7, 3) == [[0], [7]]  # never more chunks than refit groups
+    chunked = cfg.model_copy(deep=True)
+    chunked.evaluation.fold_chunks = {"logistic": 2, "momentum": 5}  # momentum: more chunks than folds
+    frames, _ = evaluate_models(chunked, "t1-chunked", ["logistic", "momentum"])
+    plain, _ = evaluate_models(cfg, "t1-plain", ["logistic", "momentum"])
+    for name in ("logistic", "momentum"):
+        a, b = frames[name], plain[name]
+        assert sorted(a["fold"].unique()) == [0, 1, 2]
+        pd.testing.assert_frame_equal(a.sort_index(), b.sort_index())

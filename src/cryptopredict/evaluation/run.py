@@ -33,7 +33,7 @@ from cryptopredict.evaluation.canaries import random_walk_bars
 from cryptopredict.evaluation.portfolio import allocation_weights
 from cryptopredict.evaluation.results import CanaryResult, Interval, ModelResult, RunResult
 from cryptopredict.evaluation.risk import RiskConfig, positions_from_predictions
-from cryptopredict.evaluation.walkforward import read_predictions, walk_forward_model
+from cryptopredict.evaluation.walkforward import merge_chunks, read_predictions, walk_forward_model
 from cryptopredict.models.base import Predictions
 from cryptopredict.parallel import parallel_map
 
@@ -258,45 +258,50 @@ def verdict(best: ModelResult | None) -> str:
     return f"no significant edge: the best model by net Sharpe, {best.name}, fails: " + "; ".join(reasons)
 
 
-def evaluate_models(cfg: Config, run_id: str, models: list[str], *,
-                    shuffle_seed: int | None = None) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+def evaluate_models(cfg: Config, run_id: str, models: list[str], *, shuffle_seed: int | None = None,
+                    leave_free: float = 0.0) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """Walk-forward every model; (predictions by model, fold summaries).
 
     Models that train through Ray Train (``backend: ray``) run their walk-forward from the driver, in a
     thread beside the others (one parallel item each): a Ray Train fit started from inside a Ray task
-    would wait for CPUs that the task's siblings hold."""
+    would wait for CPUs that the task's siblings hold. The other models run as Ray items, each split into
+    ``evaluation.fold_chunks[model]`` items over its folds. ``leave_free``: CPUs to keep unreserved for a
+    Ray Train fit running elsewhere (the final fit in the background)."""
     extra = {"shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
     on_driver = [m for m in models if ec_backend(cfg, m) == "ray"]
-    items = [{"model": m, "run_id": run_id, **extra} for m in models if m not in on_driver]
+    chunks = {m: max(1, int(cfg.evaluation.fold_chunks.get(m, 1))) for m in models if m not in on_driver}
+    items = [{"model": m, "run_id": run_id, **extra, **({"chunk": k, "n_chunks": n} if n > 1 else {})}
+             for m, n in chunks.items() for k in range(n)]
+    items.sort(key=lambda it: -chunks[it["model"]])  # the long models' chunks start first
     outs: list[dict] = []
-    if on_driver:
-        from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor
 
-        from cryptopredict.parallel import absolute_paths, connect_ray
+    import ray
 
-        started = connect_ray(cfg)
-        try:
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
-                                                                                 **extra}) for m in on_driver]
-                # the other models' tasks reserve a little less than a CPU each, so that a Ray Train worker
-                # can start whenever its fit comes (the cores are shared, none is left idle)
-                import ray
+    from cryptopredict.parallel import absolute_paths, connect_ray
 
-                total = float(ray.cluster_resources().get("CPU", 1))
-                reserved = sum(_reserved_cpus(cfg, m) for m in on_driver)
-                per_item = max(0.1, min(1.0, (total - reserved) / max(1.0, total)))
-                outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward",
-                                    num_cpus=per_item) if items else []
-                outs += [f.result() for f in futures]
-        finally:
-            if started:
-                import ray
-
-                ray.shutdown()
-    else:
-        outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward")
-    frames = {o["model"]: read_predictions(cfg, run_id, o["model"]) for o in outs}
+    started = (cfg.ray.parallelism != "serial" or bool(on_driver)) and connect_ray(cfg)
+    try:
+        per_item = 1.0
+        if ray.is_initialized():
+            # the items reserve a little less than a CPU each, so that a Ray Train worker can start whenever
+            # its fit comes (the cores are shared, none is left idle)
+            total = float(ray.cluster_resources().get("CPU", 1))
+            reserved = sum(_reserved_cpus(cfg, m) for m in on_driver) + leave_free
+            per_item = max(0.1, min(1.0, (total - reserved) / max(1.0, total))) if reserved else 1.0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
+                                                                             **extra}) for m in on_driver]
+            outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward",
+                                num_cpus=per_item) if items else []
+            outs += [f.result() for f in futures]
+    finally:
+        if started:
+            ray.shutdown()
+    for m, n in chunks.items():
+        if n > 1:
+            merge_chunks(cfg, run_id, m, sorted(o["chunk"] for o in outs if o["model"] == m and o["rows"]))
+    frames = {m: read_predictions(cfg, run_id, m) for m in models}
     ordered = {m: frames[m] for m in models}
     for name in list(ordered):
         ordered.update(member_frames(name, ordered[name]))
@@ -376,7 +381,7 @@ def _canary(cfg: Config, name: str, frames: dict[str, pd.DataFrame], market: Mar
     return CanaryResult(name, acc, 0.5, psr, bool(contains and no_edge), note)
 
 
-def run_canaries(cfg: Config, run_id: str, run_dir: Path) -> list[CanaryResult]:
+def run_canaries(cfg: Config, run_id: str, run_dir: Path, *, leave_free: float = 0.0) -> list[CanaryResult]:
     from cryptopredict.features.pipeline import build_features
 
     cc = cfg.evaluation.canaries
@@ -385,7 +390,8 @@ def run_canaries(cfg: Config, run_id: str, run_dir: Path) -> list[CanaryResult]:
     base.evaluation.max_folds = cc.max_folds
     out = []
     # (b) real features, labels shuffled within folds
-    frames, _ = evaluate_models(base, f"{run_id}-canary-shuffled", [cc.model], shuffle_seed=cc.seed)
+    frames, _ = evaluate_models(base, f"{run_id}-canary-shuffled", [cc.model], shuffle_seed=cc.seed,
+                                leave_free=leave_free)
     span = frames[cc.model].index.get_level_values("timestamp")
     market = load_market(open_lake(base), base, span.min(), span.max())
     out.append(_canary(base, "shuffled_labels", frames, market))
@@ -400,20 +406,48 @@ def run_canaries(cfg: Config, run_id: str, run_dir: Path) -> list[CanaryResult]:
         ingest_ohlcv(fake_lake, random_walk_bars(bars, cc.seed + i), exchange=cfg.ingest.exchange, symbol=s,
                      timeframe=cfg.ingest.timeframe, cfg=rw)
     build_features(rw)
-    frames, _ = evaluate_models(rw, f"{run_id}-canary-rw", [cc.model])
+    frames, _ = evaluate_models(rw, f"{run_id}-canary-rw", [cc.model], leave_free=leave_free)
     span = frames[cc.model].index.get_level_values("timestamp")
     out.append(_canary(rw, "random_walk", frames, load_market(fake_lake, rw, span.min(), span.max())))
     return out
 
 
 def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
-    """The whole evaluation; returns the result and the report directory."""
-    from cryptopredict.evaluation.report import write_report
+    """The whole evaluation; returns the result and the report directory.
 
+    The final fits (``evaluation.final_fit``) start in a background thread as soon as the walk-forward is
+    done and run beside the scoring, canaries and report; the canaries leave the CPUs of its Ray Train
+    workers unreserved so neither waits for the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptopredict.parallel import absolute_paths, connect_ray
+
+    cfg = absolute_paths(cfg)
     run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir = Path(cfg.run_dir) / run_id
+    remote = [m for m in cfg.evaluation.models if ec_backend(cfg, m) == "ray"]
+    # one Ray runtime for everything below (nested connects are no-ops), so a background fit keeps it
+    started = (cfg.ray.parallelism != "serial" or bool(remote)) and connect_ray(cfg)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return _evaluate(cfg, run_id, run_dir, pool, sum(_reserved_cpus(cfg, m) for m in remote))
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) -> tuple[RunResult, Path]:  # type: ignore[no-untyped-def]
+    from cryptopredict.evaluation.report import write_report
+
     ec = cfg.evaluation
     frames, folds = evaluate_models(cfg, run_id, list(ec.models))
+    final = None
+    if ec.final_fit:
+        from cryptopredict.evaluation.scoring import final_fit
+
+        final = pool.submit(final_fit, cfg, run_dir)
     span = next(iter(frames.values())).index.get_level_values("timestamp")
     lead = pd.Timedelta(cfg.ingest.timeframe) * ec.portfolio.cov_window_bars
     history = load_market(open_lake(cfg), cfg, span.min() - lead, span.max())
@@ -450,7 +484,8 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
         res.metrics["deflated_sharpe"] = deflated_sharpe(r, all_returns, n_trials)
     pbo_note = _pbo_note(results, all_returns)
     best = _best(results)
-    canaries = run_canaries(cfg, run_id, run_dir) if ec.canaries.enabled else []
+    canaries = run_canaries(cfg, run_id, run_dir, leave_free=final_cpus if final else 0.0) \
+        if ec.canaries.enabled else []
     run = RunResult(
         run_id=run_id, created_at=pd.Timestamp.now(tz="UTC").isoformat(),
         data_span=(span.min().isoformat(), span.max().isoformat()), symbols=list(cfg.ingest.symbols),
@@ -462,8 +497,6 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
                "costs: fees and slippage per side as configured; positions from the risk manager; "
                "signals formed at a bar's close trade at the next bar's open", pbo_note, *notes])
     write_report(run, run_dir)
-    if ec.final_fit:
-        from cryptopredict.evaluation.scoring import final_fit
-
-        final_fit(cfg, run_dir)
+    if final is not None:
+        final.result()
     return run, run_dir

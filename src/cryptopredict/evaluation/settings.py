@@ -60,6 +60,10 @@ class EvaluationConfig(BaseModel):
     max_folds: int | None = Field(None, description="stop after this many folds (quick runs)")
     refit_every: dict[str, int] = Field(default_factory=lambda: {"ensemble": 7}, description="model → refit every k folds "
                                         "(a fit predicts the next k test spans, all after its training span)")
+    fold_chunks: dict[str, int] = Field(default_factory=lambda: {"lightgbm": 2}, description="model → split its "
+                                        "folds into this many parallel items (each a contiguous run of refit "
+                                        "groups; every fold is still fitted on its own training span, so the "
+                                        "predictions do not depend on the split)")
 
     @field_validator("model_params", mode="before")
     @classmethod

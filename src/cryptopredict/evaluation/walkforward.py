@@ -49,9 +49,18 @@ def _stride_mask(timestamps: pd.DatetimeIndex, stride: int) -> np.ndarray:
     return (hours % stride) == 0
 
 
+def chunk_groups(n_specs: int, refit: int, n_chunks: int) -> list[list[int]]:
+    """The first fold of each refit group, split into ``n_chunks`` contiguous runs (empty runs dropped)."""
+    starts = list(range(0, n_specs, refit))
+    n = max(1, min(n_chunks, len(starts)))
+    return [list(c) for c in np.array_split(np.asarray(starts, dtype=int), n) if len(c)]
+
+
 def walk_forward_model(cfg: Config, item: dict) -> dict:
     """All folds for one model (``item = {"model": name, "run_id": id}``); predictions to the lake.
 
+    With ``item["chunk"]`` and ``item["n_chunks"]`` only that share of the refit groups
+    (``chunk_groups``) is run and written to the partition ``chunk=<k>`` (``merge_chunks`` joins them).
     With ``item["shuffle_seed"]`` (the shuffled-labels canary) the label rows (return, volatility, σ)
     are permuted within each fold's training part and within its test part before anything is fitted.
     """
@@ -69,8 +78,16 @@ def walk_forward_model(cfg: Config, item: dict) -> dict:
     original = labels
     stride = _stride_mask(ts, ec.train_stride)
     refit = max(1, int(ec.refit_every.get(name, 1)))
+    chunk = item.get("chunk")
+    starts: list[int] | range = range(0, len(specs), refit)
+    if chunk is not None:
+        runs = chunk_groups(len(specs), refit, int(item.get("n_chunks", 1)))
+        if chunk >= len(runs):  # fewer refit groups than chunks: nothing left for this one
+            return {"model": name, "rows": 0, "folds": [s.summary() for s in specs],
+                    "seconds": time.perf_counter() - started, "chunk": chunk}
+        starts = runs[chunk]
     frames = []
-    for first in range(0, len(specs), refit):
+    for first in starts:
         group = specs[first:first + refit]
         model, fitted_on = None, group[0]
         for spec in group:
@@ -103,9 +120,22 @@ def walk_forward_model(cfg: Config, item: dict) -> dict:
             log.info("%s fold %d: test %d rows (model fitted at fold %d)", name, spec.index, len(test),
                      fitted_on.index)
     out = pd.concat(frames).reset_index()
-    lake.write_frame("predictions", out, PRED_KEY, {"run": run_id, "model": name})
+    part = {"run": run_id, "model": name, **({"chunk": chunk} if chunk is not None else {})}
+    lake.write_frame("predictions", out, PRED_KEY, part)
     return {"model": name, "rows": len(out), "folds": [s.summary() for s in specs],
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "chunk": chunk}
+
+
+def merge_chunks(cfg: Config, run_id: str, model: str, chunks: list[int]) -> None:
+    """Join a model's chunked predictions (chunks in fold order) into its ``predictions/run=…/model=…``
+    partition."""
+    lake = open_lake(cfg)
+    parts = [lake.read_frame("predictions", {"run": run_id, "model": model, "chunk": k}) for k in chunks]
+    missing = [k for k, p in zip(chunks, parts) if p.empty]
+    if missing:
+        raise RuntimeError(f"walk-forward of {model!r} in run {run_id!r}: chunks {missing} wrote no predictions")
+    out = pd.concat([p.drop(columns=["run", "model", "chunk"], errors="ignore") for p in parts], ignore_index=True)
+    lake.write_frame("predictions", out, PRED_KEY, {"run": run_id, "model": model})
 
 
 def _shuffled(labels: pd.DataFrame, masks: list[np.ndarray], seed: int) -> pd.DataFrame:
