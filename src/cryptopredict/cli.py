@@ -83,6 +83,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     lake = sub.add_parser("lake", help="list the lake's tables, partitions and row counts")
     _common(lake)
+
+    models = sub.add_parser("models", help="the model registry: list versions, promote one, roll back")
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every version with its data span, accuracy and net Sharpe")
+    promote = actions.add_parser("promote", help="make VERSION the champion")
+    promote.add_argument("version", metavar="VERSION", help="e.g. v0003 (or 3)")
+    rollback = actions.add_parser("rollback", help="back to the champion before the current one")
+    for p in (listing, promote, rollback):
+        _common(p)
+        p.add_argument("--model", default=None, help="the registered model (default: registry.model)")
+
+    retrain = sub.add_parser("retrain", help="ingest, rebuild features, retrain the challenger on the latest "
+                             "window, compare it with the champion there, register it, promote by the rule")
+    _common(retrain)
+    retrain.add_argument("--model", default=None, help="the model to retrain (default: registry.model)")
+
+    from cryptopredict.monitoring import command as monitor_command
+
+    monitor = sub.add_parser("monitor", help="the served models' state: rolling accuracy, calibration and PnL "
+                             "from the prediction log, feature and prediction drift, alerts")
+    _common(monitor)
+    monitor_command.add_arguments(monitor)
     return parser
 
 
@@ -179,7 +201,8 @@ def cmd_features(cfg: Config) -> int:
     return 1 if report.errors else 0
 
 
-def cmd_evaluate(cfg: Config, data: str | None = None, models_from: str | None = None) -> int:
+def cmd_evaluate(cfg: Config, data: str | None = None, models_from: str | None = None,
+                 register: bool = False) -> int:
     from cryptopredict.evaluation.run import evaluate
 
     if data:
@@ -221,7 +244,25 @@ def cmd_evaluate(cfg: Config, data: str | None = None, models_from: str | None =
     for c in run.canaries:
         print(f"  canary {c.name}: {'pass' if c.passed else 'FAIL'} — {c.note}")
     print(f"report: {run_dir / 'report.html'}")
+    if register and not data:
+        _register_run(cfg, run, run_dir)
     return 0
+
+
+def _register_run(cfg: Config, run, run_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """After `run`: register the final fit of ``registry.model`` when the config asks for it."""
+    rc = cfg.registry
+    if not (rc.register_on_run and cfg.evaluation.final_fit):
+        print("registry: not registering (registry.register_on_run or evaluation.final_fit is off)")
+        return
+    if rc.model not in cfg.evaluation.models:
+        print(f"registry: not registering: registry.model {rc.model!r} is not among evaluation.models "
+              f"{cfg.evaluation.models}")
+        return
+    from cryptopredict.registry.from_run import register_final_fit
+
+    reg = register_final_fit(cfg, run, run_dir)
+    print(f"registry: {reg.message} in {rc.root}")
 
 
 def tune_options(cfg: Config, models: str | None, num_samples: int | None, max_epochs: int | None,
@@ -300,7 +341,7 @@ def cmd_run(cfg: Config, report_path: str) -> int:
     cfg = absolute_paths(cfg)
     started = cfg.ray.parallelism != "serial" and connect_ray(cfg)
     try:
-        return cmd_ingest(cfg, report_path) or cmd_features(cfg) or cmd_evaluate(cfg)
+        return cmd_ingest(cfg, report_path) or cmd_features(cfg) or cmd_evaluate(cfg, register=True)
     finally:
         if started:
             import ray
@@ -324,6 +365,72 @@ def cmd_lake(cfg: Config) -> int:
     for row in summary.itertuples(index=False):
         table.add_row(row.table, row.partition, f"{row.rows:,}")
     Console().print(table)
+    return 0
+
+
+def _fmt_interval(iv: dict | None, digits: int) -> str:  # type: ignore[type-arg]
+    if not iv or iv.get("value") is None:
+        return "-"
+    low, high = iv.get("low"), iv.get("high")
+    ci = f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None and high is not None else ""
+    return f"{iv['value']:.{digits}f}{ci}"
+
+
+def cmd_models(cfg: Config, action: str, model: str | None, version: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cryptopredict.registry.registry import ModelRegistry
+
+    registry = ModelRegistry.from_config(cfg)
+    name = model or cfg.registry.model
+    if action == "promote":
+        v = registry.promote(name, str(version))
+        print(f"{name}: champion is now {v.version}")
+        return 0
+    if action == "rollback":
+        v = registry.rollback(name)
+        print(f"{name}: rolled back; champion is now {v.version}")
+        return 0
+    versions = registry.list_versions(name)
+    if not versions:
+        raise UserError(f"the registry {cfg.registry.root!r} has no versions of model {name!r}")
+    champion = registry.champion_record(name)
+    table = Table(title=f"registry {cfg.registry.root} — {name}")
+    for col in ("", "version", "created", "data span", "accuracy [CI]", "net Sharpe [CI]", "notes"):
+        table.add_column(col)
+    for v in versions:
+        first, last = (s[:16].replace("T", " ") if s else "?" for s in v.data_span)
+        table.add_row("★" if champion and champion.version == v.version else "", v.version,
+                      v.created_at[:19].replace("T", " "), f"{first} → {last}",
+                      _fmt_interval(v.interval("accuracy"), 3), _fmt_interval(v.interval("sharpe"), 2),
+                      v.notes[:60])
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    print(f"champion: {champion.version if champion else 'none'}")
+    return 0
+
+
+def cmd_retrain(cfg: Config, model: str | None) -> int:
+    from cryptopredict.parallel import absolute_paths, connect_ray
+    from cryptopredict.registry.retrain import RetrainError, retrain
+
+    cfg = absolute_paths(cfg)
+    if model:
+        cfg.registry.model = model
+    started = cfg.ray.parallelism != "serial" and connect_ray(cfg)
+    try:
+        decision = retrain(cfg)
+    except RetrainError as exc:
+        print(f"cryptopredict retrain: failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    print(f"decision: {decision['decision']} — {decision['reason']}")
+    print(f"champion of {decision['model']}: {decision['champion_after'] or 'none'}")
+    print(f"record: {decision['record_path']}")
     return 0
 
 
@@ -354,6 +461,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(cfg, report)
         if args.command == "lake":
             return cmd_lake(cfg)
+        if args.command == "monitor":
+            from cryptopredict.monitoring import command as monitor_command
+
+            return monitor_command.run(cfg, args)
+        if args.command == "models":
+            return cmd_models(cfg, args.action, args.model, getattr(args, "version", None))
+        if args.command == "retrain":
+            return cmd_retrain(cfg, args.model)
     except (UserError, *USER_ERRORS) as exc:
         if args.verbose:
             log.exception("error")
