@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "from the prediction log, feature and prediction drift, alerts")
     _common(monitor)
     monitor_command.add_arguments(monitor)
+
+    from cryptopredict.paper import command as paper_command
+
+    paper = sub.add_parser("paper", help="paper trading on live candles with the Serve app's predictions, "
+                           "sized by the risk manager, filled with the backtester's costs (never sends orders)")
+    _common(paper)
+    paper_command.add_arguments(paper)
     return parser
 
 
@@ -465,6 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cryptopredict.monitoring import command as monitor_command
 
             return monitor_command.run(cfg, args)
+        if args.command == "paper":
+            from cryptopredict.paper import command as paper_command
+
+            return paper_command.run(cfg, args)
         if args.command == "models":
             return cmd_models(cfg, args.action, args.model, getattr(args, "version", None))
         if args.command == "retrain":
