@@ -20,7 +20,8 @@ TRAIN_SPAN = ("2022-01-01T00:00:00+00:00", "2022-03-31T23:00:00+00:00")
 
 def shipped_config(tmp: Path, *extra: str) -> Config:
     return load_config(None, [f"lake.root={tmp / 'lake'}", f"run_dir={tmp / 'runs'}",
-                              f"monitoring.log_root={tmp / 'monitoring'}", f"ingest.symbols=[{','.join(SYMBOLS)}]",
+                              f"monitoring.log_root={tmp / 'monitoring'}",
+                              f"registry.root={tmp / 'registry'}", f"ingest.symbols=[{','.join(SYMBOLS)}]",
                               "ray.parallelism=serial", "features.families=[technical]", *extra])
 
 

@@ -189,3 +189,36 @@ def test_default_retrain_command_is_local_or_ray_job_submit() -> None:
     assert ray[1:ray.index("--")] == ["job", "submit", "--address", "http://127.0.0.1:8265", "--no-wait",
                                       "--working-dir", "."]
     assert ray[ray.index("--") + 1:] == ["python", "jobs/retrain.py", "--config", "configs/x.yaml"]
+
+
+@pytest.mark.slow
+def test_versions_in_the_log_take_their_reference_and_labeler_from_the_registry(shipped_cfg: Config,
+                                                                                  tmp_path: Path) -> None:
+    """Without --reference / --labeler, a logged version found in the registry brings its training data span
+    (the feature drift reference) and its stored dead zone (realised classes); an unknown one is named."""
+    from cryptopredict.labels import DirectionLabeler
+    from cryptopredict.registry.registry import ModelRegistry
+
+    model_dir = tmp_path / "fit"
+    model_dir.mkdir()
+    DirectionLabeler(4, 1 / 3, k=0.25).save(model_dir / "labeler.json")
+    (model_dir / "weights.json").write_text("{}")
+    reg = ModelRegistry.from_config(shipped_cfg).register(
+        model_dir, model=shipped_cfg.registry.model, config={}, feature_manifest=None, data_span=TRAIN_SPAN,
+        git_revision=None, metrics={})
+    version = reg.version.version
+    lake = Lake(shipped_cfg.lake.root)
+    with PredictionLogger(LogStore.from_config(shipped_cfg), flush_rows=500, flush_seconds=60) as logger:
+        for t in lake.read("ohlcv", {"symbol": "BTCUSDT"})["timestamp"].iloc[-200:]:
+            logger.log(make_prediction(symbol="BTCUSDT", as_of=t, signal="BUY", model_version=version), 1.0)
+            logger.log(make_prediction(symbol="BTCUSDT", as_of=t, signal="BUY", model_version="v0099"), 1.0)
+    console = _console()
+    command.run(shipped_cfg, _args(tmp_path), console=console)
+    doc = json.loads((tmp_path / "state.json").read_text())
+    _, direct = lake_feature_drift(lake, SYMBOLS, TRAIN_SPAN, recent_bars=720)
+    assert doc["feature_drift"][version]["max_psi"] == pytest.approx(direct["max_psi"])
+    assert "v0099" not in doc["feature_drift"]
+    assert "'v0099' is not in the registry" in console.export_text()
+    q = pd.DataFrame(doc["quality"]).set_index(["model_version", "symbol", "window_hours"])
+    assert q.loc[(version, "*", 720), "class_source"] == "labeler"
+    assert q.loc[("v0099", "*", 720), "class_source"] == "sign"

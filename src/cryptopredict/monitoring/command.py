@@ -86,8 +86,15 @@ def run(cfg: Any, args: argparse.Namespace, *, retrain_hook: RetrainHook | None 
     """Evaluate (once, or every ``--follow`` seconds), print, alert, optionally retrain. Exit status above."""
     console = console or Console(width=140)
     references = parse_references(list(getattr(args, "reference", []) or []))
-    labelers = load_labelers(_pairs(list(getattr(args, "labeler", []) or []), "--labeler"))
+    labeler_paths = _pairs(list(getattr(args, "labeler", []) or []), "--labeler")
     store = LogStore.from_config(cfg)
+    spans, found, notes = registry_context(cfg, _logged_versions(store), set(references) |
+                                           set(cfg.monitoring.reference_spans), set(labeler_paths))
+    references.update(spans)
+    labeler_paths.update(found)
+    for note in notes:
+        console.print(f"note: {note}")
+    labelers = load_labelers(labeler_paths)
     follow = getattr(args, "follow", None)
     if follow is not None and follow <= 0:
         raise ValueError(f"--follow must be > 0 seconds, got {follow}")
@@ -105,6 +112,43 @@ def run(cfg: Any, args: argparse.Namespace, *, retrain_hook: RetrainHook | None 
             time.sleep(follow)
     except KeyboardInterrupt:
         return code
+
+
+def _logged_versions(store: LogStore) -> list[str]:
+    log = store.read(columns=["model_version"])
+    return sorted(log["model_version"].dropna().astype(str).unique()) if not log.empty else []
+
+
+def registry_context(cfg: Any, versions: list[str], have_reference: set[str], have_labeler: set[str]
+                     ) -> tuple[dict[str, tuple[str, str]], dict[str, str], list[str]]:
+    """For logged model versions without a --reference / --labeler: the training data span (the feature
+    drift reference) and the stored labeler (realised classes by the model's own dead zone) of that version
+    of ``registry.model`` in the registry. Returns (spans, labeler paths, notes on versions not found)."""
+    from cryptopredict.registry.manifest import RegistryError
+    from cryptopredict.registry.registry import ModelRegistry
+
+    spans: dict[str, tuple[str, str]] = {}
+    labelers: dict[str, str] = {}
+    notes: list[str] = []
+    wanted = [v for v in versions if v not in have_reference or v not in have_labeler]
+    if not wanted:
+        return spans, labelers, notes
+    registry, model = ModelRegistry.from_config(cfg), cfg.registry.model
+    for v in wanted:
+        try:
+            version = registry.get(model, v)
+        except RegistryError:
+            notes.append(f"model version {v!r} is not in the registry {cfg.registry.root!r} ({model}): no drift "
+                         "reference unless --reference gives one; realised classes by sign unless --labeler")
+            continue
+        first, last = version.data_span
+        if v not in have_reference and first and last:
+            spans[v] = (first, last)
+        if v not in have_labeler:
+            path = Path(registry.fetch(model, version.version)) / "labeler.json"
+            if path.is_file():
+                labelers[v] = str(path)
+    return spans, labelers, notes
 
 
 def _evaluate_once(cfg: Any, args: argparse.Namespace, store: LogStore, references: dict[str, tuple[str, str]],
