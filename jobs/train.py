@@ -8,4 +8,4 @@ import sys
 from cryptopredict.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(main(["evaluate", "--register", *sys.argv[1:]]))

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score STORED models (no retraining) on Parquet files in the shipped layout in this folder")
     ev.add_argument("--models-from", default=None,
                     help="with --data: a run's models folder (default: the newest runs/*/models)")
+    ev.add_argument("--register", action="store_true",
+                    help="register the final fit of registry.model in the model registry (as `run` does)")
 
     tune = sub.add_parser("tune", help="Ray Tune search over the deep members' and the fusion's settings (ASHA) "
                           "on data before evaluation.test_start; results under <run_dir>/<run id>/tuning")
@@ -461,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.quick:
                 cfg.evaluation.max_folds = 2
                 cfg.evaluation.canaries.enabled = False
-            return cmd_evaluate(cfg, args.data, args.models_from)
+            return cmd_evaluate(cfg, args.data, args.models_from, register=args.register)
         if args.command == "tune":
             return cmd_tune(tune_options(cfg, args.models, args.num_samples, args.max_epochs, args.quick))
         if args.command == "run":

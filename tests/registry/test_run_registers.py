@@ -59,3 +59,13 @@ def test_run_registers_its_final_fit(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     assert main(["models", "list", "--set", f"registry.root={tmp_path / 'registry'}", "--model", "logistic"]) == 0
     assert "v0001" in capsys.readouterr().out
+
+    # `evaluate` registers only when asked (`jobs/train.py` asks): a second fit of the same data gives
+    # byte-identical files for this deterministic model, i.e. the same version, not a new one
+    common = [a for o in overrides for a in ("--set", o)]
+    assert main(["evaluate", "--parallelism", "serial", *common]) == 0
+    assert "registry:" not in capsys.readouterr().out
+    assert main(["evaluate", "--parallelism", "serial", "--register", *common]) == 0
+    out = capsys.readouterr().out
+    assert "registry:" in out
+    assert [x.version for x in reg.list_versions("logistic")] == ["v0001"]
