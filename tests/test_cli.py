@@ -22,7 +22,7 @@ def test_help_lists_the_real_subcommands() -> None:
     out = _cli("--help")
     assert out.returncode == 0
     choices = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(choices) == {"run", "ingest", "features", "evaluate", "lake", "tune", "models", "retrain", "monitor", "paper"}
+    assert set(choices) == {"run", "ingest", "features", "evaluate", "lake", "tune", "models", "retrain", "monitor", "serve", "paper"}
     for name in choices:
         assert name in out.stdout
 

@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(monitor)
     monitor_command.add_arguments(monitor)
 
+    from cryptopredict.serving import command as serve_command
+
+    serve_p = sub.add_parser("serve", help="the Ray Serve app (one deployment per base model, a fusion ingress) "
+                             "on serving.host:serving.port, serving the registry's champion; Ctrl-C stops")
+    _common(serve_p)
+    serve_command.add_arguments(serve_p)
+
     from cryptopredict.paper import command as paper_command
 
     paper = sub.add_parser("paper", help="paper trading on live candles with the Serve app's predictions, "
@@ -474,6 +481,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from cryptopredict.monitoring import command as monitor_command
 
             return monitor_command.run(cfg, args)
+        if args.command == "serve":
+            from cryptopredict.serving import command as serve_command
+
+            return serve_command.run(cfg, args)
         if args.command == "paper":
             from cryptopredict.paper import command as paper_command
 

@@ -49,7 +49,8 @@ class Uncertainty(BaseModel):
 
 class Prediction(BaseModel):
     symbol: str
-    as_of: str = Field(..., description="ISO time of the last closed bar the prediction uses")
+    as_of: str = Field(..., description="ISO timestamp (open time, the lake's key) of the last closed bar "
+                       "the prediction uses; the horizon counts from that bar's close")
     horizon: int
     signal: Signal
     probabilities: ClassProbabilities
@@ -69,3 +70,65 @@ class BatchPrediction(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class SupportedCoins(BaseModel):
+    symbols: list[str]
+    horizon: int = Field(..., description="the bars ahead the served model predicts")
+    model_version: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reason: str | None = Field(None, description="why the service is not ready (null when ready)")
+    model_version: str | None = None
+    as_of: str | None = Field(None, description="ISO open time of the latest bar the features use")
+    data_age_hours: float | None = None
+    members: dict[str, list[str]] = Field(default_factory=dict, description="model versions each base "
+                                          "model's deployment has loaded")
+
+
+class ReloadRequest(BaseModel):
+    """Load a model: ``model_dir`` (a saved ensemble directory on the serving nodes) with an optional
+    ``version`` label; or ``version`` of the registry's ``model`` (default: the configured registry model);
+    or, with neither, that model's current champion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, min_length=1, max_length=200, description="registry model name")
+    version: str | None = Field(None, min_length=1, max_length=200)
+    model_dir: str | None = Field(None, min_length=1, max_length=4096)
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    previous_version: str | None
+    as_of: str | None
+    seconds: float
+
+
+class CoinView(BaseModel):
+    """One row of the dashboard: the latest prediction of a coin and its rolling accuracy (monitor)."""
+
+    symbol: str
+    prediction: Prediction | None = None
+    error: str | None = None
+    rolling_accuracy: float | None = Field(None, description="share of resolved predictions that were right")
+    resolved: int | None = Field(None, description="predictions the rolling accuracy rests on")
+
+
+class DashboardData(BaseModel):
+    model_version: str | None
+    as_of: str | None
+    data_age_hours: float | None
+    coins: list[CoinView]
+    monitor: str = Field(..., description="'available', or 'not available: <why>'")
+    accuracy_window_hours: int | None = None
+    drift: dict[str, float | None] = Field(default_factory=dict, description="the served version's drift: "
+                                           "max PSI of its predictions and features, share of drifted features")
+    monitor_notes: list[str] = Field(default_factory=list)
+    error: str | None = None
