@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -180,3 +181,23 @@ def test_the_ray_job_entry_point_is_the_retrain_command() -> None:
     out = subprocess.run([sys.executable, "jobs/retrain.py", "--help"], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0 and "usage: cryptopredict retrain" in out.stdout
+
+
+def test_retrain_on_a_schedule_runs_each_period_and_stops_after_the_iterations(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import cryptopredict.registry.retrain as job
+    from cryptopredict.cli import main
+
+    calls: list[float] = []
+
+    def fake(cfg, **_):  # type: ignore[no-untyped-def]
+        calls.append(time.monotonic())
+        return {"decision": "rejected", "reason": "test", "model": cfg.registry.model, "champion_after": "v0001",
+                "record_path": "-"}
+
+    monkeypatch.setattr(job, "retrain", fake)
+    every = 0.5 / 3600  # half a second
+    assert main(["retrain", "--parallelism", "serial", "--every", str(every), "--iterations", "3"]) == 0
+    assert len(calls) == 3 and min(b - a for a, b in zip(calls, calls[1:])) >= 0.45
+    assert capsys.readouterr().out.count("decision: rejected") == 3
+    assert main(["retrain", "--every", "0"]) == 2  # a user error, one line

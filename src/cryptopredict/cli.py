@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "window, compare it with the champion there, register it, promote by the rule")
     _common(retrain)
     retrain.add_argument("--model", default=None, help="the model to retrain (default: registry.model)")
+    retrain.add_argument("--every", type=float, default=None, metavar="HOURS",
+                         help="on a schedule: retrain now and then every HOURS until Ctrl-C / SIGTERM")
+    retrain.add_argument("--iterations", type=int, default=None, help="with --every: stop after this many runs")
 
     from cryptopredict.monitoring import command as monitor_command
 
@@ -426,7 +429,37 @@ def cmd_models(cfg: Config, action: str, model: str | None, version: str | None)
     return 0
 
 
-def cmd_retrain(cfg: Config, model: str | None) -> int:
+def cmd_retrain(cfg: Config, model: str | None, every_hours: float | None = None,
+                iterations: int | None = None) -> int:
+    """One retrain (challenger vs champion), or one every ``every_hours`` until SIGINT/SIGTERM (or
+    ``iterations`` runs): the scheduled form of the job."""
+    import signal
+    import threading
+
+    if every_hours is not None and every_hours <= 0:
+        raise UserError(f"--every must be > 0 hours, got {every_hours}")
+    if iterations is not None and iterations < 1:
+        raise UserError(f"--iterations must be at least 1, got {iterations}")
+    stop = threading.Event()
+    previous = {}
+    if every_hours is not None and threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        done, rc = 0, 0
+        while True:
+            rc = _retrain_once(cfg, model)
+            done += 1
+            if every_hours is None or (iterations is not None and done >= iterations):
+                return rc
+            print(f"next retrain in {every_hours:g} h; Ctrl-C stops", flush=True)
+            if stop.wait(every_hours * 3600):
+                return rc
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _retrain_once(cfg: Config, model: str | None) -> int:
     from cryptopredict.parallel import absolute_paths, connect_ray
     from cryptopredict.registry.retrain import RetrainError, retrain
 
@@ -492,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "models":
             return cmd_models(cfg, args.action, args.model, getattr(args, "version", None))
         if args.command == "retrain":
-            return cmd_retrain(cfg, args.model)
+            return cmd_retrain(cfg, args.model, args.every, args.iterations)
     except (UserError, *USER_ERRORS) as exc:
         if args.verbose:
             log.exception("error")
