@@ -12,11 +12,9 @@ so re-ingesting the same rows leaves the same content and rewrites nothing.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from cryptopredict.data.schemas import QUARANTINE, TABLES, TableSpec, derived_spec, table_spec
+from cryptopredict.fsutil import atomic_write_local, locked_dir
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +167,8 @@ class Lake:
         if not self.is_local:
             yield
             return
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        with open(Path(directory) / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked_dir(directory):
+            yield
 
     def _write_atomic(self, directory: str, table: pa.Table) -> None:
         final = f"{directory}/{DATA_FILE}"
@@ -183,20 +177,7 @@ class Lake:
             with self.fs.open_output_stream(final) as out:  # an object-store PUT is atomic
                 pq.write_table(table, out, compression="zstd")
             return
-        tmp = Path(directory) / f".tmp-{uuid.uuid4().hex}.parquet"
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_local(final, lambda fh: pq.write_table(table, fh, compression="zstd"), durable_dir=True)
 
     def _sweep(self, directory: str) -> None:
         """Delete temp files left by a writer killed mid-write (call with the partition lock held)."""
@@ -293,16 +274,7 @@ class Lake:
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
             return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(f".tmp-{uuid.uuid4().hex}.json")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_local(path, data)
 
     def read_json(self, name: str) -> object:
         path = f"{self.base}/{name}"

@@ -18,7 +18,6 @@ the request was answered (the caller's clock, default: the call to ``log``).
 from __future__ import annotations
 
 import atexit
-import fcntl
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ import pyarrow.parquet as pq
 
 from cryptopredict.data.lake import resolve_filesystem
 from cryptopredict.data.schemas import UTC_TS
+from cryptopredict.fsutil import atomic_write_local, locked_dir
 from cryptopredict.serving.schemas import Prediction
 
 log = logging.getLogger(__name__)
@@ -199,21 +199,7 @@ class LogStore:
             with self.fs.open_output_stream(path) as out:  # an object-store PUT is atomic
                 write(out)
             return
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        tmp = Path(directory) / f".tmp-{uuid.uuid4().hex}-{name}"
-        try:
-            with open(tmp, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_local(path, write, durable_dir=True)
 
     def write_part(self, table: pa.Table, *, prefix: str = "part-") -> list[str]:
         """Append ``table`` (of :data:`LOG_SCHEMA`) as new part files, one per request date. Paths back."""
@@ -278,14 +264,8 @@ class LogStore:
         if not self.is_local:
             yield
             return
-        directory = Path(self._path(LOG_DIR, partition))
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".compact.lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked_dir(self._path(LOG_DIR, partition), ".compact.lock"):
+            yield
 
     def _sweep_temps(self, partition: str, older_than_s: float) -> int:
         """Delete temp files of writers killed mid-write (only old ones: others may be mid-write now)."""
@@ -347,16 +327,7 @@ class LogStore:
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
             return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(f".tmp-{uuid.uuid4().hex}.json")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_local(path, data)
 
     def read_json(self, name: str) -> Any | None:
         """The JSON document at ``<log_root>/<name>``, or None when there is none."""

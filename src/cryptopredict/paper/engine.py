@@ -58,7 +58,7 @@ from cryptopredict.paper.client import (
 from cryptopredict.paper.feed import BarFeed, BarSet
 from cryptopredict.paper.ledger import BarRecord, History, Ledger
 from cryptopredict.serving.schemas import Prediction
-from cryptopredict.serving.schemas import BatchPrediction, Prediction
+from cryptopredict.serving.schemas import BatchPrediction
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,9 @@ registry commits a version by writing its manifest last instead.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from cryptopredict.data.lake import resolve_filesystem
+from cryptopredict.fsutil import atomic_write_local, fsync_dir, locked_dir
 
 CHUNK = 1 << 20
 
@@ -34,12 +33,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -108,18 +101,7 @@ class Store:
             with self.fs.open_output_stream(path) as out:
                 out.write(data)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_local(path, data, durable_dir=True)
 
     def put_file(self, local: Path, rel: str) -> None:
         """Copy a local file to ``rel`` (no atomicity needed: the caller commits the whole version)."""
@@ -154,7 +136,7 @@ class Store:
         if target.exists():
             raise FileExistsError(f"{target} already exists")
         os.rename(source, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
     @contextmanager
     def locked(self, rel: str) -> Iterator[None]:
@@ -162,11 +144,5 @@ class Store:
         if not self.is_local:
             yield
             return
-        directory = self.local_path(rel)
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with locked_dir(self.local_path(rel)):
+            yield
