@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/features_bench.py
 	$(PY) benchmarks/backtest_bench.py
 	$(PY) benchmarks/train_bench.py
+	$(PY) benchmarks/serve_load.py --seconds 120 --clients 16 --warmup 5 --json runs/bench/serve_load.json
 
 # Regenerate the constraints file from the current venv (torch and its CUDA wheels stay free to override).
 lock:
