@@ -64,8 +64,7 @@ from cryptopredict.serving.http import AuthError, BodyLimitMiddleware, ServeMetr
     check_bearer
 from cryptopredict.serving.monitor_view import MonitorView, monitor_view
 from cryptopredict.serving.predictor import FusionStep, HorizonMismatchError, MemberBatch, MemberOutput, \
-    MemberRunner, ModelMeta, ServingError, SnapshotCache, StaleDataError, UnknownSymbolError, \
-    VersionMismatchError, check_fresh, check_horizon, check_symbol, load_model_meta, member_batch, \
+    MemberRunner, ModelMeta, ServingError, SnapshotCache, StaleDataError, VersionMismatchError, check_fresh, checked_snapshot, load_model_meta, member_batch, \
     registry_model, resolve_model
 from cryptopredict.serving.schemas import BatchPrediction, BatchPredictRequest, CoinView, DashboardData, \
     ErrorBody, Health, Prediction, PredictRequest, Readiness, ReloadRequest, ReloadResponse, SupportedCoins
@@ -363,18 +362,8 @@ class Ingress:
         """Predictions of ``symbols`` at the latest bar; with ``serving.cache_predictions`` each (version,
         bar, symbol) is computed once unless ``fresh``."""
         state = self._current()  # this request stays on this version, whatever reloads meanwhile
-        check_horizon(state.meta, horizon)
-        supported = state.cache.symbols
-        for s in symbols:
-            if s not in supported:
-                raise UnknownSymbolError(f"unknown symbol {s!r}; supported: {', '.join(supported)}")
-        snap = state.cache.peek()
-        if snap is None:
-            raise StaleDataError(f"no features computed yet: {self.refresh_error or 'computing'}")
-        check_fresh(snap, self.now(), self.max_age_hours)
-        unique = list(dict.fromkeys(symbols))
-        for s in unique:
-            check_symbol(snap, s, supported)
+        snap, unique = checked_snapshot(state.meta, state.cache, symbols, horizon, self.now(), self.max_age_hours,
+                                        self.refresh_error)
         use_cache = self.cfg.serving.cache_predictions
         if use_cache and not fresh and all((snap.id, s) in state.answers for s in unique):
             return [state.answers[(snap.id, s)] for s in symbols]

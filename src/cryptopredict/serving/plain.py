@@ -56,10 +56,8 @@ from cryptopredict.serving.predictor import (
     ServingError,
     Snapshot,
     StaleDataError,
-    UnknownSymbolError,
     check_fresh,
-    check_horizon,
-    check_symbol,
+    checked_snapshot,
     fixed_clock,
     member_batch,
     resolve_model,
@@ -184,18 +182,8 @@ class PlainService:
     async def predict(self, symbols: list[str], horizon: int | None, *, fresh: bool = False) -> list[Prediction]:
         """As the Serve ingress's ``_predict``: checks, the per-bar cache, else members + fusion."""
         p = self.current()
-        check_horizon(p.meta, horizon)
-        supported = p.cache.symbols
-        for s in symbols:
-            if s not in supported:
-                raise UnknownSymbolError(f"unknown symbol {s!r}; supported: {', '.join(supported)}")
-        snap = p.cache.peek()
-        if snap is None:
-            raise StaleDataError(f"no features computed yet: {self.refresh_error or 'computing'}")
-        check_fresh(snap, self.clock(), self.cfg.serving.max_data_age_hours)
-        unique = list(dict.fromkeys(symbols))
-        for s in unique:
-            check_symbol(snap, s, supported)
+        snap, unique = checked_snapshot(p.meta, p.cache, symbols, horizon, self.clock(),
+                                        self.cfg.serving.max_data_age_hours, self.refresh_error)
         use_cache = self.cfg.serving.cache_predictions
         if use_cache and not fresh and all((snap.id, s) in self.answers for s in unique):
             return [self.answers[(snap.id, s)] for s in symbols]

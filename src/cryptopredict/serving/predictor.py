@@ -347,6 +347,26 @@ def check_horizon(meta: ModelMeta, horizon: int | None) -> int:
     return meta.horizon
 
 
+def checked_snapshot(meta: ModelMeta, cache: SnapshotCache, symbols: Sequence[str], horizon: int | None,
+                     now: pd.Timestamp, max_age_hours: float, refresh_error: str | None
+                     ) -> tuple[Snapshot, list[str]]:
+    """A request's checks, in the order both servers answer them (horizon 422, unknown symbol 404, no or
+    stale features 503, symbol without data 404): the current snapshot and the distinct symbols asked."""
+    check_horizon(meta, horizon)
+    supported = cache.symbols
+    for s in symbols:
+        if s not in supported:
+            raise UnknownSymbolError(f"unknown symbol {s!r}; supported: {', '.join(supported)}")
+    snap = cache.peek()
+    if snap is None:
+        raise StaleDataError(f"no features computed yet: {refresh_error or 'computing'}")
+    check_fresh(snap, now, max_age_hours)
+    unique = list(dict.fromkeys(symbols))
+    for s in unique:
+        check_symbol(snap, s, supported)
+    return snap, unique
+
+
 # ----------------------------------------------------------------------------------------------- members
 
 @dataclass
