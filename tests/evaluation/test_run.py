@@ -158,6 +158,27 @@ def test_allocations_must_name_evaluated_models() -> None:
         load_config(None, ["evaluation.models=[majority]", "evaluation.portfolio.models=[lightgbm]"])
 
 
+def test_chunks_balance_the_cost_of_the_fits() -> None:
+    """With costs, contiguous runs of refit groups are split so the dearest run is as cheap as possible
+    (the walk-forward waits for its slowest item); without, every group counts the same."""
+    from cryptopredict.evaluation.walkforward import chunk_groups
+
+    assert chunk_groups(4, 1, 2) == [[0, 1], [2, 3]]
+    assert chunk_groups(4, 1, 2, costs=[1, 1, 1, 3]) == [[0, 1, 2], [3]]
+    assert chunk_groups(4, 1, 2, costs=[5, 1, 1, 1]) == [[0], [1, 2, 3]]
+    # an expanding window: fit cost ~ rows² (LightGBM fold 0 → 13 measured ×4.6 for ×2.2 rows)
+    rows = [64278 + 5940 * i for i in range(14)]
+    runs = chunk_groups(14, 1, 2, costs=[r ** 2 for r in rows])
+    assert runs == [list(range(0, 9)), list(range(9, 14))]
+    sums = [sum(rows[i] ** 2 for i in run) for run in runs]
+    assert max(sums) / min(sums) < 1.2  # the unweighted halves (folds 0–6, 7–13) differ by ×2.2
+    # refit groups: only the fold that fits counts; never more runs than groups
+    assert chunk_groups(14, 7, 2, costs=[1.0] * 14) == [[0], [7]]
+    assert chunk_groups(14, 7, 3, costs=[1.0] * 14) == [[0], [7]]
+    with pytest.raises(ValueError, match="13 costs for 14 folds"):
+        chunk_groups(14, 1, 2, costs=[1.0] * 13)
+
+
 @pytest.mark.slow
 def test_folds_split_into_parallel_chunks_give_the_same_predictions(evaluated) -> None:  # type: ignore[no-untyped-def]
     """``evaluation.fold_chunks`` only changes how the folds are scheduled: every fold is still fitted on

@@ -49,11 +49,44 @@ def _stride_mask(timestamps: pd.DatetimeIndex, stride: int) -> np.ndarray:
     return (hours % stride) == 0
 
 
-def chunk_groups(n_specs: int, refit: int, n_chunks: int) -> list[list[int]]:
-    """The first fold of each refit group, split into ``n_chunks`` contiguous runs (empty runs dropped)."""
+def chunk_groups(n_specs: int, refit: int, n_chunks: int, costs: list[float] | None = None) -> list[list[int]]:
+    """The first fold of each refit group, split into ``n_chunks`` contiguous runs (empty runs dropped).
+
+    ``costs`` (one per fold: what a fit at that fold costs, e.g. its training rows): the runs are balanced so that the costliest run is
+    as cheap as possible (an expanding window makes late fits several times dearer than early ones, and
+    the walk-forward waits for its slowest item); without costs every group counts the same."""
     starts = list(range(0, n_specs, refit))
     n = max(1, min(n_chunks, len(starts)))
-    return [list(c) for c in np.array_split(np.asarray(starts, dtype=int), n) if len(c)]
+    if costs is None:
+        return [list(c) for c in np.array_split(np.asarray(starts, dtype=int), n) if len(c)]
+    if len(costs) != n_specs:
+        raise ValueError(f"{len(costs)} costs for {n_specs} folds")
+    weights = [float(costs[s]) for s in starts]
+    return [[starts[i] for i in run] for run in _balanced_runs(weights, n)]
+
+
+def _balanced_runs(weights: list[float], n: int) -> list[list[int]]:
+    """Split positions 0..len(weights)-1 into ``n`` non-empty contiguous runs minimising the largest sum
+    (linear partition by dynamic programming)."""
+    m = len(weights)
+    prefix = np.concatenate([[0.0], np.cumsum(weights)])
+    inf = float("inf")
+    # best[k][j]: the smallest largest-run sum splitting the first j positions into k runs
+    best = [[inf] * (m + 1) for _ in range(n + 1)]
+    cut = [[0] * (m + 1) for _ in range(n + 1)]
+    best[0][0] = 0.0
+    for k in range(1, n + 1):
+        for j in range(k, m + 1):
+            for i in range(k - 1, j):
+                cost = max(best[k - 1][i], prefix[j] - prefix[i])
+                if cost < best[k][j] - 1e-12:
+                    best[k][j], cut[k][j] = cost, i
+    runs, j = [], m
+    for k in range(n, 0, -1):
+        i = cut[k][j]
+        runs.append(list(range(i, j)))
+        j = i
+    return runs[::-1]
 
 
 def walk_forward_model(cfg: Config, item: dict) -> dict:
@@ -81,7 +114,10 @@ def walk_forward_model(cfg: Config, item: dict) -> dict:
     chunk = item.get("chunk")
     starts: list[int] | range = range(0, len(specs), refit)
     if chunk is not None:
-        runs = chunk_groups(len(specs), refit, int(item.get("n_chunks", 1)))
+        # balanced by the fits' cost, which grows faster than the expanding window's rows (more boosting
+        # rounds survive early stopping on more data: LightGBM, fold 0 → 13, rows ×2.2, fit time ×4.6)
+        runs = chunk_groups(len(specs), refit, int(item.get("n_chunks", 1)),
+                            costs=[float((s.train_mask & stride).sum()) ** 2 for s in specs])
         if chunk >= len(runs):  # fewer refit groups than chunks: nothing left for this one
             return {"model": name, "rows": 0, "folds": [s.summary() for s in specs],
                     "seconds": time.perf_counter() - started, "chunk": chunk}
