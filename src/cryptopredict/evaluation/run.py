@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,14 +261,17 @@ def verdict(best: ModelResult | None) -> str:
 
 
 def evaluate_models(cfg: Config, run_id: str, models: list[str], *, shuffle_seed: int | None = None,
-                    leave_free: float = 0.0) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+                    leave_free: float = 0.0, after_driver: Callable[[str], object] | None = None
+                    ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """Walk-forward every model; (predictions by model, fold summaries).
 
     Models that train through Ray Train (``backend: ray``) run their walk-forward from the driver, in a
     thread beside the others (one parallel item each): a Ray Train fit started from inside a Ray task
     would wait for CPUs that the task's siblings hold. The other models run as Ray items, each split into
     ``evaluation.fold_chunks[model]`` items over its folds. ``leave_free``: CPUs to keep unreserved for a
-    Ray Train fit running elsewhere (the final fit in the background)."""
+    Ray Train fit running elsewhere (the final fit in the background). ``after_driver(model)`` is called
+    in the driver's thread as soon as such a model's walk-forward is done, while the other items still run
+    (``evaluate`` starts that model's final fit there, so it does not wait for the slowest item)."""
     extra = {"shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
     on_driver = [m for m in models if ec_backend(cfg, m) == "ray"]
     chunks = {m: max(1, int(cfg.evaluation.fold_chunks.get(m, 1))) for m in models if m not in on_driver}
@@ -289,9 +294,14 @@ def evaluate_models(cfg: Config, run_id: str, models: list[str], *, shuffle_seed
             total = float(ray.cluster_resources().get("CPU", 1))
             reserved = sum(_reserved_cpus(cfg, m) for m in on_driver) + leave_free
             per_item = max(0.1, min(1.0, (total - reserved) / max(1.0, total))) if reserved else 1.0
+        def drive(m: str) -> dict:
+            out = walk_forward_model(absolute_paths(cfg), {"model": m, "run_id": run_id, **extra})
+            if after_driver is not None:
+                after_driver(m)
+            return out
+
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
-                                                                             **extra}) for m in on_driver]
+            futures = [pool.submit(drive, m) for m in on_driver]
             outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward",
                                 num_cpus=per_item) if items else []
             outs += [f.result() for f in futures]
@@ -415,9 +425,10 @@ def run_canaries(cfg: Config, run_id: str, run_dir: Path, *, leave_free: float =
 def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     """The whole evaluation; returns the result and the report directory.
 
-    The final fits (``evaluation.final_fit``) start in a background thread as soon as the walk-forward is
-    done and run beside the scoring, canaries and report; the canaries leave the CPUs of its Ray Train
-    workers unreserved so neither waits for the other."""
+    The final fits (``evaluation.final_fit``) run in background threads: a Ray Train model's as soon as its
+    own walk-forward is done (beside the other models' walk-forward items), the others' once the whole
+    walk-forward is done (beside the scoring, canaries and report); the canaries leave the CPUs of the Ray
+    Train workers unreserved so neither waits for the other."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cryptopredict.parallel import absolute_paths, connect_ray
@@ -429,7 +440,7 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     # one Ray runtime for everything below (nested connects are no-ops), so a background fit keeps it
     started = (cfg.ray.parallelism != "serial" or bool(remote)) and connect_ray(cfg)
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        with ThreadPoolExecutor(max_workers=2) as pool:  # the Ray Train models' final fits, the others'
             return _evaluate(cfg, run_id, run_dir, pool, sum(_reserved_cpus(cfg, m) for m in remote))
     finally:
         if started:
@@ -441,13 +452,18 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
 def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) -> tuple[RunResult, Path]:  # type: ignore[no-untyped-def]
     from cryptopredict.evaluation.report import write_report
 
-    ec = cfg.evaluation
-    frames, folds = evaluate_models(cfg, run_id, list(ec.models))
-    final = None
-    if ec.final_fit:
-        from cryptopredict.evaluation.scoring import final_fit
+    from cryptopredict.evaluation.scoring import final_fit
 
-        final = pool.submit(final_fit, cfg, run_dir)
+    ec = cfg.evaluation
+    early: dict[str, Future] = {}
+
+    def start_final_fit(model: str) -> None:  # a Ray Train model's walk-forward is done: fit it on all rows now
+        early[model] = pool.submit(final_fit, cfg, run_dir, [model])
+
+    frames, folds = evaluate_models(cfg, run_id, list(ec.models),
+                                    after_driver=start_final_fit if ec.final_fit else None)
+    rest = [m for m in ec.models if m not in early]
+    final = pool.submit(final_fit, cfg, run_dir, rest) if ec.final_fit and rest else None
     span = next(iter(frames.values())).index.get_level_values("timestamp")
     lead = pd.Timedelta(cfg.ingest.timeframe) * ec.portfolio.cov_window_bars
     history = load_market(open_lake(cfg), cfg, span.min() - lead, span.max())
@@ -484,7 +500,7 @@ def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) 
         res.metrics["deflated_sharpe"] = deflated_sharpe(r, all_returns, n_trials)
     pbo_note = _pbo_note(results, all_returns)
     best = _best(results)
-    canaries = run_canaries(cfg, run_id, run_dir, leave_free=final_cpus if final else 0.0) \
+    canaries = run_canaries(cfg, run_id, run_dir, leave_free=final_cpus if ec.final_fit else 0.0) \
         if ec.canaries.enabled else []
     run = RunResult(
         run_id=run_id, created_at=pd.Timestamp.now(tz="UTC").isoformat(),
@@ -497,6 +513,6 @@ def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) 
                "costs: fees and slippage per side as configured; positions from the risk manager; "
                "signals formed at a bar's close trade at the next bar's open", pbo_note, *notes])
     write_report(run, run_dir)
-    if final is not None:
-        final.result()
+    for future in [*early.values(), *([final] if final is not None else [])]:
+        future.result()
     return run, run_dir

@@ -26,9 +26,14 @@ from cryptopredict.models.base import build_model, model_class
 log = logging.getLogger(__name__)
 
 
-def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
-    """Fit every configured model on all labelled rows and store it; returns name → directory."""
+def final_fit(cfg: Config, run_dir: Path, models: list[str] | None = None) -> dict[str, str]:
+    """Fit ``models`` (default: every configured model) on all labelled rows and store each; returns
+    name → directory."""
     ec, fc = cfg.evaluation, cfg.features
+    models = list(ec.models) if models is None else list(models)
+    unknown = sorted(set(models) - set(ec.models))
+    if unknown:
+        raise ValueError(f"final fit of {unknown}: not in evaluation.models {list(ec.models)}")
     lake = open_lake(cfg)
     X, labels = load_panel(lake, list(cfg.ingest.symbols), fc.horizon, fc.label_vol_window)
     ts = pd.DatetimeIndex(X.index.get_level_values("timestamp"))
@@ -36,7 +41,7 @@ def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
     mask = labels["fwd_return"].notna().to_numpy() & labels["sigma"].notna().to_numpy() & \
         (hours % ec.train_stride == 0)
     labeler = DirectionLabeler(fc.horizon, ec.hold_share).fit(labels["fwd_return"][mask], labels["sigma"][mask])
-    corr = _correlations(lake, ec.models)
+    corr = _correlations(lake, models)
     train = make_fold(X, labels, mask, labeler, fc.horizon, "final", corr)
     last = ts[mask].max()
 
@@ -58,12 +63,12 @@ def final_fit(cfg: Config, run_dir: Path) -> dict[str, str]:
     from cryptopredict.evaluation.run import ec_backend
 
     # models that train on Ray Train workers fit there while the others fit here
-    remote = [m for m in ec.models if ec_backend(cfg, m) == "ray"]
+    remote = [m for m in models if ec_backend(cfg, m) == "ray"]
     with ThreadPoolExecutor(max_workers=1) as pool:
         futures = {m: pool.submit(fit_one, m) for m in remote}
-        out = {m: fit_one(m) for m in ec.models if m not in remote}
+        out = {m: fit_one(m) for m in models if m not in remote}
         out.update({m: f.result() for m, f in futures.items()})
-    return {m: out[m] for m in ec.models}
+    return {m: out[m] for m in models}
 
 
 def _correlations(lake, models: list[str]) -> pd.DataFrame | None:
