@@ -427,8 +427,9 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
 
     The final fits (``evaluation.final_fit``) run in background threads: a Ray Train model's as soon as its
     own walk-forward is done (beside the other models' walk-forward items), the others' once the whole
-    walk-forward is done (beside the scoring, canaries and report); the canaries leave the CPUs of the Ray
-    Train workers unreserved so neither waits for the other."""
+    walk-forward is done (beside the scoring, canaries and report). The canaries, too, run in a background
+    thread beside the scoring; they leave the CPUs of the Ray Train workers unreserved so neither waits for
+    the other."""
     from concurrent.futures import ThreadPoolExecutor
 
     from cryptopredict.parallel import absolute_paths, connect_ray
@@ -440,7 +441,8 @@ def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     # one Ray runtime for everything below (nested connects are no-ops), so a background fit keeps it
     started = (cfg.ray.parallelism != "serial" or bool(remote)) and connect_ray(cfg)
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:  # the Ray Train models' final fits, the others'
+        # background threads: the Ray Train models' final fits, the other models' final fits, the canaries
+        with ThreadPoolExecutor(max_workers=3) as pool:
             return _evaluate(cfg, run_id, run_dir, pool, sum(_reserved_cpus(cfg, m) for m in remote))
     finally:
         if started:
@@ -464,6 +466,9 @@ def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) 
                                     after_driver=start_final_fit if ec.final_fit else None)
     rest = [m for m in ec.models if m not in early]
     final = pool.submit(final_fit, cfg, run_dir, rest) if ec.final_fit and rest else None
+    # the canaries need only the configuration: they run (mostly in Ray workers) beside the scoring below
+    canary_job = pool.submit(run_canaries, cfg, run_id, run_dir, leave_free=final_cpus if ec.final_fit else 0.0) \
+        if ec.canaries.enabled else None
     span = next(iter(frames.values())).index.get_level_values("timestamp")
     lead = pd.Timedelta(cfg.ingest.timeframe) * ec.portfolio.cov_window_bars
     history = load_market(open_lake(cfg), cfg, span.min() - lead, span.max())
@@ -500,8 +505,7 @@ def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) 
         res.metrics["deflated_sharpe"] = deflated_sharpe(r, all_returns, n_trials)
     pbo_note = _pbo_note(results, all_returns)
     best = _best(results)
-    canaries = run_canaries(cfg, run_id, run_dir, leave_free=final_cpus if ec.final_fit else 0.0) \
-        if ec.canaries.enabled else []
+    canaries = canary_job.result() if canary_job is not None else []
     run = RunResult(
         run_id=run_id, created_at=pd.Timestamp.now(tz="UTC").isoformat(),
         data_span=(span.min().isoformat(), span.max().isoformat()), symbols=list(cfg.ingest.symbols),
