@@ -3,15 +3,23 @@ serving the same model, each in two modes.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/serve_load.py [--seconds 120] [--clients 16] [--warmup 5]
            [--model-dir DIR [--version V]] [--lake-root DIR] [--fixed-now ISO] [--config configs/default.yaml]
-           [--set key=value ...] [--servers serve,plain] [--modes cached,no-cache] [--json PATH]
+           [--set key=value ...] [--servers serve,plain[,floor]] [--modes cached,no-cache]
+           [--serve-mode throughput|default] [--serve-entry direct|proxy] [--json PATH]
 
-Servers (one after the other, never both at once):
+Servers (one after the other, never two at once):
 
 * ``serve``: ``cryptopredict.serving.app:build_app`` (one deployment per base model, the model board, the
   FastAPI fusion ingress) started in this process with ``serve.run`` on a local Ray limited to this machine
   (``ray.num_cpus`` or every core, no dashboard), HTTP proxy on 127.0.0.1:<free port>. Replica counts,
   ``num_cpus`` and the batch settings come from ``serve/config.yaml`` (``--serve-config``; "" keeps the
-  ``serving`` section's), as ``serve run serve/config.yaml`` would deploy them.
+  ``serving`` section's), as ``serve run serve/config.yaml`` would deploy them. ``--serve-mode``:
+  ``throughput`` (default) starts Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` (Ray 2.60: direct ingress,
+  gRPC between deployments, replica code on the replica's event loop) and sends the load to the ingress
+  replica's own port (direct ingress, 127.0.0.1:30000+; ``--serve-entry proxy`` sends it to the proxy
+  instead); ``default`` keeps Serve's defaults (the load goes through the proxy).
+* ``floor``: a trivial Serve deployment (FastAPI ingress, the app ingress's CPU share) whose /predict
+  answers a constant body of a real answer's size, in the same Serve mode and entry: what Serve itself
+  costs on this machine, with no model (run once, labelled "Serve floor").
 * ``plain``: ``python -m cryptopredict.serving.plain`` as a subprocess, one uvicorn worker on
   127.0.0.1:<free port>: the same model, snapshot, member and fusion code in one process, no Ray; requests
   that queue while the compute thread is busy run through the members together (at most the members'
@@ -71,7 +79,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = {"p50_ms": 15.0, "p99_ms": 50.0, "rps": 100.0, "errors": 0}
 MODES = {"cached": ("cached (default headers)", {}),
-         "no-cache": ("full ensemble per request (Cache-Control: no-cache)", {"Cache-Control": "no-cache"})}
+         "no-cache": ("full ensemble per request (Cache-Control: no-cache)", {"Cache-Control": "no-cache"}),
+         "floor": ("Serve floor: a constant answer, no model", {})}  # the floor server's only mode
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
              "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
@@ -355,23 +364,63 @@ class PlainServer:
             self._log = None
 
 
+SERVE_MODES = {
+    # RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S: a stopping ingress replica waits 30 s by default for a
+    # load balancer to drop it; no load balancer here, so the benchmark does not wait for it
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1"},
+    "default": {},
+}
+
+
+def direct_ingress_url(app_name: str, timeout: float = 120.0) -> str:
+    """The HTTP address of the application's ingress replica itself (direct ingress, Serve in
+    throughput-optimized mode): the controller's target groups list the replicas' own ports. Uses the
+    Serve client of this driver (``ServeInstanceDetails.target_groups``; the dashboard's
+    ``GET /api/serve/applications`` returns the same field)."""
+    from ray.serve.context import _get_global_client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        details = _get_global_client().get_serve_details()
+        for group in details.get("target_groups") or []:
+            if group.get("app_name") == app_name and str(group.get("protocol")).upper().endswith("HTTP"):
+                targets = [t for t in group.get("targets") or [] if "SERVE_REPLICA" in t.get("name", "")]
+                if targets:
+                    return f"http://{targets[0]['ip']}:{targets[0]['port']}"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no direct-ingress target of {app_name!r} after {timeout:g} s (is Serve in "
+                               "throughput-optimized mode? target groups: "
+                               f"{json.dumps(details.get('target_groups'), default=str)[:500]})")
+        time.sleep(0.5)
+
+
 class ServeServer:
-    """The Ray Serve app, in this process, on a local Ray limited to this machine."""
+    """The Ray Serve app, in this process, on a local Ray limited to this machine. ``entry``: ``proxy`` (the
+    HTTP proxy on ``port``) or ``direct`` (the ingress replica's own port: Serve's direct ingress, only in
+    throughput-optimized mode)."""
 
     name = "serve"
+    app_name = "cryptopredict"
 
-    def __init__(self, cfg: Any, model_dir: str | Path, version: str, *, port: int | None = None) -> None:
+    def __init__(self, cfg: Any, model_dir: str | Path, version: str, *, port: int | None = None,
+                 entry: str = "proxy") -> None:
         self.cfg, self.model_dir, self.version = cfg, str(model_dir), version
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.proxy_url = f"http://127.0.0.1:{self.port}"
+        self.url = self.proxy_url
+        self.entry = entry
         self.started_ray = False
         self.num_cpus: int | None = None
+
+    def _application(self) -> Any:
+        from cryptopredict.serving.app import build_app
+
+        return build_app({"config_json": self.cfg.model_dump(mode="json"), "model_dir": self.model_dir,
+                          "version": self.version})
 
     def start(self, ready_timeout: float = 600.0) -> dict[str, Any]:
         import ray
         from ray import serve
-
-        from cryptopredict.serving.app import APP_NAME, build_app
 
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
@@ -390,10 +439,12 @@ class ServeServer:
                         raise
                     print(f"[serve] ray.init failed ({type(exc).__name__}: {exc}); retrying once")
             serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-            app = build_app({"config_json": self.cfg.model_dump(mode="json"), "model_dir": self.model_dir,
-                             "version": self.version})
-            serve.run(app, name=APP_NAME, route_prefix="/")
-            return wait_ready(self.url, ready_timeout)
+            serve.run(self._application(), name=self.app_name, route_prefix="/")
+            ready = wait_ready(self.proxy_url, ready_timeout)
+            if self.entry == "direct":
+                self.url = direct_ingress_url(self.app_name)
+                ready = wait_ready(self.url, ready_timeout)
+            return ready
         except Exception:
             self.stop()
             raise
@@ -412,6 +463,59 @@ class ServeServer:
         finally:
             ray.shutdown()
             self.started_ray = False
+
+
+# The Serve floor: what Serve itself costs here, with no model. One FastAPI ingress deployment (same CPU
+# share and logging as the app's ingress) whose /predict answers a constant body of a real answer's size.
+_FLOOR_BODY: dict[str, bytes] = {}
+
+
+def floor_application(body: bytes, symbols: list[str], cfg: Any) -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import Response
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": cfg.serving.ingress.num_cpus},
+                      max_ongoing_requests=cfg.serving.ingress.max_ongoing_requests,
+                      logging_config={"enable_access_log": cfg.serving.access_log})
+    @serve.ingress(api)
+    class Floor:
+        def __init__(self, body: bytes, symbols: list[str]) -> None:
+            self.body, self.symbols = body, symbols
+
+        @api.post("/predict")
+        async def predict(self) -> Response:
+            return Response(self.body, media_type="application/json")
+
+        @api.get("/healthz")
+        async def healthz(self) -> dict:
+            return {"status": "ok"}
+
+        @api.get("/readyz")
+        async def readyz(self) -> dict:
+            return {"ready": True, "model_version": "constant"}
+
+        @api.get("/supported_coins")
+        async def supported_coins(self) -> dict:
+            return {"symbols": self.symbols, "horizon": 0, "model_version": "constant"}
+
+    return Floor.bind(body, symbols)
+
+
+class FloorServer(ServeServer):
+    """A trivial Serve deployment answering a constant: the floor of any Serve app on this machine."""
+
+    name = "floor"
+    app_name = "floor"
+
+    def __init__(self, cfg: Any, body: bytes, symbols: list[str], *, entry: str = "proxy") -> None:
+        super().__init__(cfg, "", "constant", entry=entry)
+        self.body, self.symbols = body, symbols
+
+    def _application(self) -> Any:
+        return floor_application(self.body, self.symbols, self.cfg)
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -547,7 +651,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "lake's latest bar)")
     p.add_argument("--serve-config", default="serve/config.yaml", help="Serve config whose deployment settings "
                    "the Serve app gets ('' : the serving section's)")
-    p.add_argument("--servers", default="serve,plain", help="comma-separated: serve, plain")
+    p.add_argument("--servers", default="serve,plain", help="comma-separated: serve, plain, floor (a trivial "
+                   "Serve deployment answering a constant: what Serve itself costs here)")
+    p.add_argument("--serve-mode", default="throughput", choices=sorted(SERVE_MODES), help="throughput: "
+                   "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 in Ray's environment (direct ingress, gRPC between "
+                   "deployments, replica code on the replica's own event loop); default: Serve's defaults")
+    p.add_argument("--serve-entry", default=None, choices=["direct", "proxy"], help="where the load goes for "
+                   "serve and floor: the ingress replica's own port (direct; throughput mode only) or Serve's HTTP "
+                   "proxy (default: direct in throughput mode, else proxy)")
     p.add_argument("--modes", default="cached,no-cache", help="comma-separated: cached, no-cache")
     p.add_argument("--plain-max-batch-size", type=int, default=None, help="the plain server's batch limit "
                    "(default: the members' max_batch_size, as the Serve app)")
@@ -555,10 +666,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args(argv)
+    args.serve_entry = args.serve_entry or ("direct" if args.serve_mode == "throughput" else "proxy")
+    if args.serve_entry == "direct" and args.serve_mode != "throughput":
+        p.error("--serve-entry direct needs --serve-mode throughput (direct ingress)")
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for s in args.servers:
-        if s not in ("serve", "plain"):
+        if s not in ("serve", "plain", "floor"):
             p.error(f"unknown server {s!r}")
     for m in args.modes:
         if m not in MODES:
@@ -568,7 +682,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    for k, v in LOCAL_ENV.items():
+    for k, v in {**LOCAL_ENV, **SERVE_MODES[args.serve_mode]}.items():  # before Ray starts: its processes inherit it
         os.environ.setdefault(k, v)
     cwd = Path.cwd()
     abs_from_cwd = lambda x: None if x is None else str((cwd / x).resolve())
@@ -610,13 +724,24 @@ def _run(args: argparse.Namespace, cfg: Any, model_dir: Path, version: str, fixe
     print(f"load: {args.clients} clients × {args.seconds:g} s measured after {args.warmup:g} s warm-up, per "
           f"server and mode; POST /predict, symbols round-robin")
     print("Serve deployments (" + (args.serve_config or "serving section") + "): " + "; ".join(deploy_lines))
+    print(f"Serve mode: {args.serve_mode} ({SERVE_MODES[args.serve_mode] or 'Serve defaults'}), load sent to "
+          f"{'the ingress replica (direct ingress)' if args.serve_entry == 'direct' else 'the HTTP proxy'}; "
+          f"Serve access log {'on' if cfg.serving.access_log else 'off'}")
+
+    answers: dict[str, dict[str, dict]] = {}
+
+    def floor_body() -> bytes:  # a real answer's bytes when one was served already
+        for got in answers.values():
+            for body in got.values():
+                return json.dumps(body).encode()
+        return json.dumps({"symbol": "BTCUSDT", "padding": "x" * 700}).encode()
 
     servers: dict[str, Any] = {
-        "serve": lambda: ServeServer(cfg, model_dir, version),
+        "serve": lambda: ServeServer(cfg, model_dir, version, entry=args.serve_entry),
         "plain": lambda: PlainServer(cfg, model_dir, version, tmp, max_batch_size=args.plain_max_batch_size),
+        "floor": lambda: FloorServer(cfg, floor_body(), list(cfg.ingest.symbols), entry=args.serve_entry),
     }
     runs: list[dict[str, Any]] = []
-    answers: dict[str, dict[str, dict]] = {}
     failed = False
     for name in args.servers:
         server = servers[name]()
@@ -638,15 +763,16 @@ def _run(args: argparse.Namespace, cfg: Any, model_dir: Path, version: str, fixe
                 if isinstance(server, PlainServer) else f", Ray num_cpus {server.num_cpus}"
             print(f"\n[{name}] ready in {startup:.1f} s at {server.url}: model {ready.get('model_version')}, as_of "
                   f"{ready.get('as_of')}, data age {ready.get('data_age_hours')} h, {len(symbols)} symbols{extra}")
-            answers[name] = {}
-            for s in symbols:
+            if name != "floor":
+                answers[name] = {}
+            for s in symbols if name != "floor" else []:
                 st, b = http_post(server.url + "/predict", {"symbol": s}, {"Cache-Control": "no-cache"})
                 if st != 200:
                     print(f"[{name}] {s}: HTTP {st} {b[:300].decode(errors='replace')}")
                     continue
                 answers[name][s] = json.loads(b)
             cpu_marks: list[CpuSnapshot | None] = []
-            for mode in args.modes:
+            for mode in (["floor"] if name == "floor" else args.modes):
                 label, headers = MODES[mode]
                 load_before = os.getloadavg()
                 started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -698,6 +824,7 @@ def _run(args: argparse.Namespace, cfg: Any, model_dir: Path, version: str, fixe
         out = {"goal": GOAL, "seconds": args.seconds, "clients": args.clients, "warmup": args.warmup,
                "model_dir": str(model_dir), "version": version, "lake_root": cfg.lake.root,
                "fixed_now": fixed_now.isoformat(), "cpus": os.cpu_count(), "deployments": deploy_lines,
+               "serve_mode": args.serve_mode, "serve_entry": args.serve_entry,
                "runs": runs, "ratios": ratios,
                "answers_max_abs_diff": compare_answers(answers["serve"], answers["plain"])
                if "serve" in answers and "plain" in answers else None}

@@ -72,6 +72,7 @@ def _app_config(served: ServedModel, root: Path, fixed_now: pd.Timestamp):  # ty
     cfg.monitoring.log_root = str(root / "monitoring")
     cfg.monitoring.flush_seconds = 0.5
     cfg.registry.root = str(root / "registry")
+    cfg.serving.model_cache_dir = str(root / "model-cache")  # registry versions the replicas fetch
     return cfg
 
 

@@ -1,21 +1,38 @@
 """The Ray Serve application: one deployment per base model, a FastAPI ingress that fuses them.
 
 ```
-HTTP ─► proxy ─► ingress (FastAPI) ─┬─► transformer ─┐   each its own deployment: replicas, CPUs/GPUs,
-                 │ snapshot of the  ├─► bilstm      ─┤   @serve.batch (concurrent requests share one
-                 │ latest bar (per  ├─► cnn_lstm    ─┤   forward pass; the graph net computes each bar's
-                 │ model version)   └─► gnn         ─┘   graph once per batch)
-                 └─ fusion + risk ◄──── member outputs (all of one model version) ──► Prediction
-model_board: which version is served (for every ingress replica, and for replicas restarted later)
+HTTP ─► (proxy) ─► ingress (FastAPI) ─ cached answer (version, bar, symbol) as JSON bytes ─────────► 200
+                   │ snapshot of the latest bar (per model version); requests that need the models queue
+                   │ and go together (one batch) ─┬─► transformer ─┐  each its own deployment: replicas,
+                   │                              ├─► bilstm      ─┤  CPUs/GPUs, @serve.batch; holds the
+                   │                              ├─► cnn_lstm    ─┤  snapshot panels it was sent
+                   │                              └─► gnn         ─┘
+                   └─ fusion + risk (fusion thread) ◄── member outputs (all of one model version) ─► Prediction
+model_board: which model source is served (for every ingress replica, and for replicas restarted later)
 ```
 
 The request path is ``cryptopredict.serving.predictor``'s, split across processes: the ingress holds the
 snapshot (request-time features of the latest bar, recomputed in a background thread when the lake's last
-bar moves) and the fusion; each base-model deployment holds its own net only. Every member input and
-output carries the model version, and the fusion refuses outputs of another version. An answer is
-deterministic given (model version, latest bar, symbol), so it is computed once per bar
-(``serving.cache_predictions``; ``Cache-Control: no-cache`` recomputes). Every served prediction goes to the
-monitor's prediction log (``monitoring/log.py``, ``serving.log_predictions``).
+bar moves) and the fusion; each base-model deployment holds its own net only, and the snapshot panels it
+was sent. Requests that need the base models are batched in the ingress: the ones queued while a batch
+runs form the next (``serving.ingress.max_batch_size``, ``serving.ingress_batches_in_flight``), and each
+batch is ONE call per member (``MemberRequest``: symbol positions; the panel travels only when the
+replica answers ``SnapshotMissing``, once per bar). The fusion and the JSON serialisation run in a
+thread, never on the event loop. Every member input and output carries the model version, and the fusion
+refuses outputs of another version. An answer is deterministic given (model version, latest bar, symbol),
+so it is computed once per bar (``serving.cache_predictions``; ``Cache-Control: no-cache`` recomputes) and
+kept with its JSON body. Every served prediction goes to the monitor's prediction log
+(``monitoring/log.py``, ``serving.log_predictions``).
+
+Models are passed around as ``ModelSource`` s (a registry version, or a directory), never as a path of the
+node that resolved them: every replica fetches a registry version into its own node's cache and checks it
+against the manifest (``predictor.fetch_registered``), so members and ingress replicas can run anywhere.
+
+Serve modes: the app runs under Serve's defaults and under Ray 2.60's throughput-optimized mode
+(``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` in the Ray processes' environment: direct ingress on the ingress
+replica's own port, gRPC between deployments, replica code on the replica's event loop). In that mode a
+handle cannot be used from a thread other than the replica's loop, so the ingress's own threads call the
+other deployments through it (``Ingress._blocking_call``).
 
 Reload (``POST /admin/reload``, bearer token from the env var named by ``serving.admin_token_env``): the
 ingress loads the new model and builds its snapshot beside the old one, makes every base-model deployment
@@ -45,10 +62,12 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -60,14 +79,53 @@ from cryptopredict.config import Config, load_config
 from cryptopredict.parallel import absolute_paths
 from cryptopredict.serving.board import ModelBoard
 from cryptopredict.serving.dashboard import DATA_PATH, PLOTLY_PATH, plotly_js, render_dashboard
-from cryptopredict.serving.http import AuthError, BodyLimitMiddleware, ServeMetrics, admin_digest_from_env, \
-    check_bearer
+from cryptopredict.serving.http import (
+    AuthError,
+    BodyLimitMiddleware,
+    ServeMetrics,
+    admin_digest_from_env,
+    check_bearer,
+)
 from cryptopredict.serving.monitor_view import MonitorView, monitor_view
-from cryptopredict.serving.predictor import FusionStep, HorizonMismatchError, MemberBatch, MemberOutput, \
-    MemberRunner, ModelMeta, ServingError, SnapshotCache, StaleDataError, VersionMismatchError, check_fresh, checked_snapshot, load_model_meta, member_batch, \
-    registry_model, resolve_model
-from cryptopredict.serving.schemas import BatchPrediction, BatchPredictRequest, CoinView, DashboardData, \
-    ErrorBody, Health, Prediction, PredictRequest, Readiness, ReloadRequest, ReloadResponse, SupportedCoins
+from cryptopredict.serving.predictor import (
+    FusionStep,
+    HorizonMismatchError,
+    MemberOutput,
+    MemberRequest,
+    MemberRunner,
+    ModelMeta,
+    ModelSource,
+    PanelCache,
+    ServingError,
+    Snapshot,
+    SnapshotCache,
+    SnapshotMissing,
+    StaleDataError,
+    VersionMismatchError,
+    check_fresh,
+    checked_snapshot,
+    fetch_source,
+    load_model_meta,
+    model_cache_dir,
+    registry_source,
+    resolve_source,
+    run_member_requests,
+    snapshot_positions,
+)
+from cryptopredict.serving.schemas import (
+    BatchPrediction,
+    BatchPredictRequest,
+    CoinView,
+    DashboardData,
+    ErrorBody,
+    Health,
+    Prediction,
+    PredictRequest,
+    Readiness,
+    ReloadRequest,
+    ReloadResponse,
+    SupportedCoins,
+)
 from cryptopredict.serving.settings import DeploymentOptions
 
 log = logging.getLogger("cryptopredict.serve")
@@ -105,61 +163,67 @@ def _utc(value: Any) -> pd.Timestamp:
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 class BaseModelDeployment:
     """One base net (deployed once per member, under the member's name). Keeps the last
-    ``keep_versions`` model versions loaded and loads a version it has not seen from the batch's
-    ``model_dir``, so a reload never strands a request."""
+    ``keep_versions`` model versions loaded; a version it has not seen is loaded from the request's model
+    source — a registry version is fetched by this replica itself into ``cache_dir`` on its own node and
+    checked against the manifest — so a reload never strands a request and a replica on another node
+    needs nothing from the ingress's node. Keeps the snapshot panels it was sent (``PanelCache``): a
+    request carries only symbol positions."""
 
-    def __init__(self, member: str, model_dir: str, version: str, device: str = "cpu",
-                 keep_versions: int = 2) -> None:
+    def __init__(self, member: str, source: dict[str, Any], device: str = "cpu", keep_versions: int = 2,
+                 cache_dir: str | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)
         self.member, self.device, self.keep = member, device, keep_versions
+        self.cache_dir = cache_dir
         self._runners: OrderedDict[str, MemberRunner] = OrderedDict()
+        self._directories: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._runner(version, model_dir)
+        self.panels = PanelCache()
+        self._runner(source["version"], source)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """``user_config``: the @serve.batch knobs (max_batch_size, batch_wait_timeout_s)."""
         self.predict.set_max_batch_size(int(config.get("max_batch_size", 16)))
         self.predict.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.001)))
 
-    def _runner(self, version: str, model_dir: str | None) -> MemberRunner:
+    def _runner(self, version: str, source: dict[str, Any] | None) -> MemberRunner:
         with self._lock:
             runner = self._runners.get(version)
             if runner is None:
-                if model_dir is None:
-                    raise VersionMismatchError(f"{self.member} has no model {version} and no directory to load "
+                if source is None:
+                    raise VersionMismatchError(f"{self.member} has no model {version} and no source to load "
                                                "it from")
-                runner = MemberRunner(load_model_meta(model_dir, version), self.member, self.device)
+                src = ModelSource.from_dict(source)
+                if src.version != version:
+                    raise VersionMismatchError(f"{self.member}: asked for {version}, the source is {src}")
+                directory = fetch_source(src, self.cache_dir or model_cache_dir(Config()))
+                runner = MemberRunner(load_model_meta(directory, version), self.member, self.device)
                 self._runners[version] = runner
+                self._directories[version] = str(directory)
                 while len(self._runners) > self.keep:
-                    self._runners.popitem(last=False)
-                log.info("%s: loaded model %s from %s", self.member, version, model_dir)
+                    gone, _ = self._runners.popitem(last=False)
+                    self._directories.pop(gone, None)
+                log.info("%s: loaded model %s from %s", self.member, version, directory)
             else:
                 self._runners.move_to_end(version)
             return runner
 
-    async def load(self, version: str, model_dir: str) -> list[str]:
-        await asyncio.to_thread(self._runner, version, model_dir)
+    async def load(self, source: dict[str, Any]) -> list[str]:
+        await asyncio.to_thread(self._runner, source["version"], source)
         return self.versions()
 
     def versions(self) -> list[str]:
         return list(self._runners)
 
-    def _run(self, batches: list[MemberBatch]) -> list[MemberOutput]:
-        out: list[MemberOutput | None] = [None] * len(batches)
-        by_version: dict[str, list[int]] = {}
-        for i, b in enumerate(batches):
-            by_version.setdefault(b.version, []).append(i)
-        for version, idx in by_version.items():
-            runner = self._runner(version, batches[idx[0]].model_dir)
-            for i, res in zip(idx, runner.run_many([batches[i] for i in idx]), strict=True):
-                out[i] = res
-        return [o for o in out if o is not None]
+    def describe(self) -> dict[str, Any]:
+        """The loaded versions, the local directory each was loaded from, and the snapshots received."""
+        return {"member": self.member, "versions": self.versions(), "directories": dict(self._directories),
+                "snapshots_received": self.panels.received}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
-    async def predict(self, batches: list[MemberBatch]) -> list[MemberOutput]:
-        return await asyncio.to_thread(self._run, batches)
+    async def predict(self, requests: list[MemberRequest]) -> list[MemberOutput | SnapshotMissing]:
+        return await asyncio.to_thread(run_member_requests, self._runner, self.panels, requests)
 
 
 # ----------------------------------------------------------------------------------------------- ingress
@@ -200,33 +264,82 @@ async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """A computed prediction and its JSON body (serialised once, off the event loop)."""
+
+    prediction: Prediction
+    body: bytes
+
+
 @dataclass
 class _State:
     """One loaded model version: its snapshots, its fusion, the symbols it serves."""
 
     meta: ModelMeta
+    source: ModelSource
     cache: SnapshotCache
     fusion: FusionStep
     generation: int
-    answers: dict[tuple[str, str], Prediction] = field(default_factory=dict)  # (snapshot id, symbol)
+    answers: dict[tuple[str, str], _Answer] = field(default_factory=dict)  # (snapshot id, symbol)
 
     @property
     def version(self) -> str:
         return self.meta.version
 
 
+@dataclass
+class _Job:
+    """One HTTP request waiting for the base models: its distinct symbols at one snapshot."""
+
+    state: _State
+    snap: Snapshot
+    symbols: list[str]
+    future: asyncio.Future
+
+
+def _fuse_jobs(state: _State, snap: Snapshot, jobs: list[_Job], outputs: dict[str, MemberOutput]
+               ) -> list[dict[str, _Answer]]:
+    """The fusion of the jobs' rows and the JSON bodies; runs in the ingress's fusion thread. A row's
+    answer never depends on the other requests of the batch: the rows of all jobs go through the fusion
+    in one call only when every row's σ is known (the fusion's only dependence between rows is the median
+    that stands in for a missing σ), otherwise each job is fused alone as the in-process Predictor fuses
+    one request."""
+    sigma = [[snap.sigma.get(s, float("nan")) for s in job.symbols] for job in jobs]
+    spans, start = [], 0
+    for job in jobs:
+        spans.append(np.arange(start, start + len(job.symbols)))
+        start += len(job.symbols)
+    flat = np.asarray([x for row in sigma for x in row], dtype=float)
+    if len(jobs) > 1 and np.all(np.isfinite(flat) & (flat > 0)):
+        fused = state.fusion.fuse(outputs, flat, snap.as_of)
+        per_job = [[fused[i] for i in span] for span in spans]
+    else:
+        per_job = [state.fusion.fuse({m: o.take(span) for m, o in outputs.items()}, sig, snap.as_of)
+                   for span, sig in zip(spans, sigma, strict=True)]
+    return [{p.symbol: _Answer(p, p.model_dump_json().encode()) for p in preds} for preds in per_job]
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, members: dict[str, DeploymentHandle], board: DeploymentHandle, config: dict[str, Any],
-                 model_dir: str, version: str, admin_digest: str | None = None) -> None:
+                 source: dict[str, Any], admin_digest: str | None = None) -> None:
+        import torch
+
         from cryptopredict.data.ingest import open_lake
 
+        torch.set_num_threads(1)
         self.cfg = Config.model_validate(config)
         sc = self.cfg.serving
         _LIMITS["max_body_bytes"] = sc.max_body_bytes
         self.members, self.board = members, board
+        try:  # Serve runs the constructor on the replica's user-code event loop
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         self.lake = open_lake(self.cfg)
+        self.cache_dir = model_cache_dir(self.cfg)
         self.admin_digest = admin_digest or admin_digest_from_env(sc.admin_token_env)
         self.fixed_now: pd.Timestamp | None = None if sc.fixed_now is None else _utc(sc.fixed_now)
         self.max_age_hours = sc.max_data_age_hours
@@ -235,13 +348,21 @@ class Ingress:
         self.refresh_error: str | None = None
         self._reload_lock = threading.Lock()
         self._monitor_cache: tuple[float, str, MonitorView] | None = None
+        # request batching (created on the replica's event loop by the first request)
+        self._fusion_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cryptopredict-fusion")
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._batcher: asyncio.Task | None = None
+        self._batches: set[asyncio.Task] = set()
+        self.batches = 0
+        self.batched_requests = 0
         self.prediction_log = None
         if sc.log_predictions:
             from cryptopredict.monitoring.log import PredictionLogger
 
             self.prediction_log = PredictionLogger.from_config(self.cfg, registry=_METRICS.registry)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._background, args=(model_dir, version), daemon=True,
+        self._thread = threading.Thread(target=self._background, args=(source,), daemon=True,
                                         name="cryptopredict-refresh")
         self._thread.start()
 
@@ -256,26 +377,44 @@ class Ingress:
         stop = getattr(self, "_stop", None)
         if stop is not None:
             stop.set()
+        pool = getattr(self, "_fusion_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         logger = getattr(self, "prediction_log", None)
         if logger is not None:
             logger.close()
 
     # -- state ------------------------------------------------------------------------------------------
+    def _blocking_call(self, handle: DeploymentHandle, method: str, *args: Any, timeout: float) -> Any:
+        """Call another deployment from one of this replica's own threads (the loader and refresher, a
+        reload) and wait for the answer. The call is made on the replica's event loop: with Serve's router
+        on the replica's loop (throughput-optimized mode) a handle cannot be used from another thread."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return getattr(handle, method).remote(*args).result(timeout_s=timeout)
+
+        async def call() -> Any:
+            return await getattr(handle, method).remote(*args)
+
+        return asyncio.run_coroutine_threadsafe(asyncio.wait_for(call(), timeout), loop).result(timeout + 5)
+
     def now(self) -> pd.Timestamp:
         return self.fixed_now if self.fixed_now is not None else pd.Timestamp.now(tz="UTC")
 
-    def _prepare(self, model_dir: str, version: str, generation: int) -> _State:
-        """Load a model and build its snapshot beside the current one (nothing is swapped here)."""
+    def _prepare(self, source: ModelSource, generation: int) -> _State:
+        """Fetch and load a model and build its snapshot beside the current one (nothing is swapped here)."""
         from cryptopredict.features.scaling import RobustScaler
+        from cryptopredict.registry.manifest import RegistryError
 
         try:
-            meta = load_model_meta(model_dir, version)
-        except (OSError, ValueError) as exc:
-            raise ReloadError(f"cannot load model {version!r} from {model_dir!r}: {exc}") from exc
+            directory = fetch_source(source, self.cache_dir)
+            meta = load_model_meta(directory, source.version)
+        except (OSError, ValueError, RegistryError) as exc:
+            raise ReloadError(f"cannot load model {source}: {exc}") from exc
         missing = [m for m in meta.members if m not in self.members]
         if missing:
-            raise ReloadError(f"model {version} has members {missing} that this application does not deploy "
-                              f"(deployed: {sorted(self.members)}); redeploy the application")
+            raise ReloadError(f"model {source.version} has members {missing} that this application does not "
+                              f"deploy (deployed: {sorted(self.members)}); redeploy the application")
         cache = SnapshotCache(self.cfg, self.lake, meta, RobustScaler.load(meta.directory / "scaler.json"))
         current = self.state
         if current is not None and current.cache.features is not None:
@@ -283,43 +422,43 @@ class Ingress:
         try:
             cache.get(force_check=True)
         except ValueError as exc:  # the model's columns are not what the features config computes
-            raise ReloadError(f"model {version} cannot be served on these features: {exc}") from exc
+            raise ReloadError(f"model {source.version} cannot be served on these features: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - no snapshot yet (e.g. an empty lake): /readyz says why
             self.refresh_error = f"{type(exc).__name__}: {exc}"
-            log.warning("model %s loaded without a snapshot: %s", version, exc)
-        return _State(meta, cache, FusionStep(meta, self.cfg.evaluation.risk, self.cfg.serving.interval_level),
-                      generation)
+            log.warning("model %s loaded without a snapshot: %s", source.version, exc)
+        return _State(meta, source, cache,
+                      FusionStep(meta, self.cfg.evaluation.risk, self.cfg.serving.interval_level), generation)
 
-    def _switch(self, model_dir: str, version: str, *, publish: bool, generation: int = 0) -> _State:
+    def _switch(self, source: ModelSource, *, publish: bool, generation: int = 0) -> _State:
         """Load new, make every base model load it, then swap (requests in flight keep the old state)."""
         with self._reload_lock:
             t0 = time.perf_counter()
-            new = self._prepare(model_dir, version, generation)
+            new = self._prepare(source, generation)
             for member in new.meta.members:
                 try:
-                    self.members[member].load.remote(version, str(new.meta.directory)).result(timeout_s=300)
-                except Exception as exc:  # noqa: BLE001 - reported as a failed reload, old model stays
-                    raise ModelUnavailableError(f"base model {member} could not load {version}: "
-                                                f"{type(exc).__name__}") from exc
+                    self._blocking_call(self.members[member], "load", source.to_dict(), timeout=300)
+                except Exception as exc:  # reported as a failed reload, the old model stays
+                    raise ModelUnavailableError(f"base model {member} could not load {source.version}: "
+                                                f"{type(exc).__name__}: {str(exc)[:300]}") from exc
             if publish:
-                board = self.board.publish.remote(version, str(new.meta.directory)).result(timeout_s=30)
+                board = self._blocking_call(self.board, "publish", source.to_dict(), timeout=30)
                 new.generation = int(board["generation"])
             previous = self.state
             self.state = new
             self.load_error = None
-            _METRICS.set_version(version)
-            log.info("serving model %s (was %s), switched in %.2f s", version,
+            _METRICS.set_version(source.version)
+            log.info("serving model %s (was %s), switched in %.2f s", source,
                      previous.version if previous else None, time.perf_counter() - t0)
             return new
 
-    def _background(self, model_dir: str, version: str) -> None:
+    def _background(self, source: dict[str, Any]) -> None:
         """Load the first model (the board's, if a reload published one), then keep the snapshot current
         and follow the board."""
         sc = self.cfg.serving
         while not self._stop.is_set() and self.state is None:
             try:
-                board = self.board.get.remote().result(timeout_s=30)
-                self._switch(board["model_dir"], board["version"], publish=False,
+                board = self._blocking_call(self.board, "get", timeout=30)
+                self._switch(ModelSource.from_dict(board["source"]), publish=False,
                              generation=int(board["generation"]))
             except Exception as exc:  # noqa: BLE001 - /readyz reports it; retried
                 self.load_error = f"{type(exc).__name__}: {exc}"
@@ -339,12 +478,12 @@ class Ingress:
             if time.monotonic() - last_poll >= sc.model_poll_seconds:
                 last_poll = time.monotonic()
                 try:
-                    board = self.board.get.remote().result(timeout_s=10)
+                    board = self._blocking_call(self.board, "get", timeout=10)
                     generation = int(board["generation"])
                     current = self.state  # re-read: a reload on this replica may have finished meanwhile
                     if current is not None and generation > current.generation:
                         if board["version"] != current.version:
-                            self._switch(board["model_dir"], board["version"], publish=False,
+                            self._switch(ModelSource.from_dict(board["source"]), publish=False,
                                          generation=generation)
                         else:
                             current.generation = generation
@@ -358,51 +497,119 @@ class Ingress:
         return state
 
     # -- prediction -------------------------------------------------------------------------------------
-    async def _predict(self, symbols: list[str], horizon: int | None, *, fresh: bool = False) -> list[Prediction]:
-        """Predictions of ``symbols`` at the latest bar; with ``serving.cache_predictions`` each (version,
-        bar, symbol) is computed once unless ``fresh``."""
+    async def _predict(self, symbols: list[str], horizon: int | None, *, fresh: bool = False) -> list[_Answer]:
+        """Answers for ``symbols`` at the latest bar; with ``serving.cache_predictions`` each (version, bar,
+        symbol) is computed once unless ``fresh``."""
         state = self._current()  # this request stays on this version, whatever reloads meanwhile
         snap, unique = checked_snapshot(state.meta, state.cache, symbols, horizon, self.now(), self.max_age_hours,
                                         self.refresh_error)
         use_cache = self.cfg.serving.cache_predictions
-        if use_cache and not fresh and all((snap.id, s) in state.answers for s in unique):
-            return [state.answers[(snap.id, s)] for s in symbols]
-        directory = str(state.meta.directory)
-        members = state.meta.members
-        calls = [self.members[m].predict.remote(member_batch(snap, m, unique, directory)) for m in members]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        outputs: dict[str, MemberOutput] = {}
-        for m, res in zip(members, results, strict=True):
-            if isinstance(res, BaseException):
-                log.error("base model %s failed: %r", m, res)
-                raise ModelUnavailableError(f"base model {m} failed ({type(res).__name__}); retry")
-            outputs[m] = res
-        preds = state.fusion.fuse(outputs, [snap.sigma.get(s, float("nan")) for s in unique], snap.as_of)
-        by_symbol = {p.symbol: p for p in preds}
+        if use_cache and not fresh:
+            answers = state.answers
+            if all((snap.id, s) in answers for s in unique):
+                return [answers[(snap.id, s)] for s in symbols]
+        computed = await self._submit(state, snap, unique)
         if use_cache:
             if any(key[0] != snap.id for key in state.answers):  # a new bar: drop the old answers
                 state.answers = {k: v for k, v in state.answers.items() if k[0] == snap.id}
-            state.answers.update({(snap.id, s): p for s, p in by_symbol.items()})
-        return [by_symbol[s] for s in symbols]
+            state.answers.update({(snap.id, s): a for s, a in computed.items()})
+        return [computed[s] for s in symbols]
+
+    async def _submit(self, state: _State, snap: Snapshot, symbols: list[str]) -> dict[str, _Answer]:
+        """Queue one request for the base models; requests queued together go to the members in one call
+        each (at most ``serving.ingress.max_batch_size`` requests, ``serving.ingress_batches_in_flight``
+        batches at once)."""
+        loop = asyncio.get_running_loop()
+        if self._batcher is None or self._batcher.done():
+            self._queue = asyncio.Queue()
+            self._slots = asyncio.Semaphore(self.cfg.serving.ingress_batches_in_flight)
+            self._batcher = loop.create_task(self._batch_loop())
+        job = _Job(state, snap, symbols, loop.create_future())
+        self._queue.put_nowait(job)  # type: ignore[union-attr]
+        return await job.future
+
+    async def _batch_loop(self) -> None:
+        queue, slots = self._queue, self._slots
+        assert queue is not None and slots is not None
+        limit = self.cfg.serving.ingress.max_batch_size
+        while True:
+            first = await queue.get()
+            await slots.acquire()  # requests arriving meanwhile join this batch
+            jobs = [first]
+            while len(jobs) < limit and not queue.empty():
+                jobs.append(queue.get_nowait())
+            task = asyncio.get_running_loop().create_task(self._run_batch(jobs))
+            self._batches.add(task)
+            task.add_done_callback(lambda t: (self._batches.discard(t), slots.release()))
+
+    async def _run_batch(self, jobs: list[_Job]) -> None:
+        groups: dict[tuple[int, str], list[_Job]] = {}
+        for job in jobs:  # a reload or a new bar can split one batch
+            groups.setdefault((id(job.state), job.snap.id), []).append(job)
+        self.batches += 1
+        self.batched_requests += len(jobs)
+        await asyncio.gather(*(self._run_group(group) for group in groups.values()))
+
+    async def _run_group(self, jobs: list[_Job]) -> None:
+        state, snap = jobs[0].state, jobs[0].snap
+        try:
+            positions = np.concatenate([snapshot_positions(snap, j.symbols) for j in jobs])
+            members = state.meta.members
+            results = await asyncio.gather(*(self._call_member(state, m, snap, positions) for m in members),
+                                           return_exceptions=True)
+            outputs: dict[str, MemberOutput] = {}
+            for m, res in zip(members, results, strict=True):
+                if isinstance(res, BaseException):
+                    log.error("base model %s failed: %r", m, res)
+                    raise ModelUnavailableError(f"base model {m} failed ({type(res).__name__}); retry")
+                outputs[m] = res
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self._fusion_pool, _fuse_jobs, state, snap, jobs, outputs)
+        except Exception as exc:  # noqa: BLE001 - every request of the group gets the error
+            err = exc if isinstance(exc, ServingError) else ModelUnavailableError(
+                f"prediction failed ({type(exc).__name__}); retry")
+            if not isinstance(exc, ServingError):
+                log.error("prediction failed: %r", exc)
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(err)
+            return
+        for j, a in zip(jobs, answers, strict=True):
+            if not j.future.done():
+                j.future.set_result(a)
+
+    async def _call_member(self, state: _State, member: str, snap: Snapshot, positions: np.ndarray
+                           ) -> MemberOutput:
+        """One base model's outputs for the rows; the snapshot's panel is sent only if the replica that
+        answers does not hold it yet."""
+        request = MemberRequest(state.version, snap.id, positions, state.source.to_dict())
+        out = await self.members[member].predict.remote(request)
+        if isinstance(out, SnapshotMissing):
+            request.panel = snap.panel
+            out = await self.members[member].predict.remote(request)
+            if isinstance(out, SnapshotMissing):
+                raise ModelUnavailableError(f"base model {member} did not keep snapshot {snap.id}; retry")
+        return out
 
     @api.post("/predict", response_model=Prediction, responses=ERRORS)
-    async def predict(self, body: PredictRequest, cache_control: str | None = Header(None)) -> Prediction:
+    async def predict(self, body: PredictRequest, cache_control: str | None = Header(None)) -> Response:
         """The latest prediction of one coin (``horizon``: null or the model's). ``Cache-Control: no-cache``
         recomputes it instead of answering from this bar's cache."""
         t0 = time.perf_counter()
-        preds = await self._predict([body.symbol], body.horizon, fresh=_no_cache(cache_control))
-        self._log(preds, t0, "/predict")
-        return preds[0]
+        answers = await self._predict([body.symbol], body.horizon, fresh=_no_cache(cache_control))
+        self._log([answers[0].prediction], t0, "/predict")
+        return Response(answers[0].body, media_type="application/json")  # the Prediction, serialised once
 
     @api.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS)
     async def predict_batch(self, body: BatchPredictRequest, cache_control: str | None = Header(None)
-                            ) -> BatchPrediction:
+                            ) -> Response:
         """The latest predictions of several coins, in the order asked (``Cache-Control: no-cache``: as for
         ``/predict``)."""
         t0 = time.perf_counter()
-        preds = await self._predict(list(body.symbols), body.horizon, fresh=_no_cache(cache_control))
-        self._log(list({p.symbol: p for p in preds}.values()), t0, "/predict/batch")
-        return BatchPrediction(predictions=preds)
+        answers = await self._predict(list(body.symbols), body.horizon, fresh=_no_cache(cache_control))
+        self._log(list({a.prediction.symbol: a.prediction for a in answers}.values()), t0, "/predict/batch")
+        return Response(b'{"predictions":[' + b",".join(a.body for a in answers) + b"]}",  # a BatchPrediction
+                        media_type="application/json")
 
     def _log(self, preds: list[Prediction], t0: float, route: str) -> None:
         """Queue served predictions for the monitor's log (no I/O here); the request time is this
@@ -480,10 +687,10 @@ class Ingress:
         previous = self.state.version if self.state is not None else None
         try:
             if body.model_dir is not None:
-                model_dir, version = resolve_model(self.cfg, body.model_dir, body.version)
+                source = resolve_source(self.cfg, body.model_dir, body.version)
             else:
-                model_dir, version = await asyncio.to_thread(self._registry_model, body.model, body.version)
-            state = await asyncio.to_thread(self._switch, str(model_dir), version, publish=True)
+                source = await asyncio.to_thread(self._registry_source, body.model, body.version)
+            state = await asyncio.to_thread(self._switch, source, publish=True)
         except ServingError:
             _METRICS.reloads.labels(outcome="failed").inc()
             raise
@@ -493,14 +700,14 @@ class Ingress:
                               as_of=snap.as_of.isoformat() if snap is not None else None,
                               seconds=time.perf_counter() - t0)
 
-    def _registry_model(self, model: str | None, version: str | None) -> tuple[Path, str]:
+    def _registry_source(self, model: str | None, version: str | None) -> ModelSource:
         try:
             from cryptopredict.registry.manifest import RegistryError
         except ImportError as exc:
             raise ModelUnavailableError(f"the model registry cannot be imported ({exc}); reload with a "
                                         "model_dir") from exc
         try:
-            return registry_model(self.cfg, version, model)
+            return registry_source(self.cfg, version, model)
         except RegistryError as exc:  # an unknown model or version: the caller's input
             raise ReloadError(f"registry: {exc}") from exc
 
@@ -508,12 +715,12 @@ class Ingress:
     async def _latest_per_coin(self, symbols: list[str]) -> tuple[dict[str, Prediction], dict[str, str]]:
         """Every coin's latest prediction (all at once; one by one when that fails, to say which failed)."""
         try:
-            return {p.symbol: p for p in await self._predict(symbols, None)}, {}
+            return {a.prediction.symbol: a.prediction for a in await self._predict(symbols, None)}, {}
         except ServingError:
             preds, errors = {}, {}
             for s in symbols:
                 try:
-                    preds[s] = (await self._predict([s], None))[0]
+                    preds[s] = (await self._predict([s], None))[0].prediction
                 except ServingError as exc:
                     errors[s] = str(exc)
             return preds, errors
@@ -593,7 +800,8 @@ def app_config(args: dict[str, Any] | None) -> Config:
 def serving_paths(cfg: Config) -> Config:
     """``absolute_paths`` plus the registry and the prediction log: replicas run in other directories."""
     out = absolute_paths(cfg)
-    for section, name in ((out.registry, "root"), (out.registry, "cache_dir"), (out.monitoring, "log_root")):
+    for section, name in ((out.registry, "root"), (out.registry, "cache_dir"), (out.serving, "model_cache_dir"),
+                          (out.monitoring, "log_root")):
         value = getattr(section, name)
         if value and "://" not in value:
             setattr(section, name, str(Path(value).expanduser().resolve()))
@@ -605,19 +813,20 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     args = dict(args or {})
     cfg = app_config(args)
     sc = cfg.serving
-    model_dir, version = resolve_model(cfg, args.get("model_dir"), args.get("version"))
-    meta = load_model_meta(Path(model_dir).resolve(), version)
-    directory = str(meta.directory)
+    source = resolve_source(cfg, args.get("model_dir"), args.get("version"))
+    cache_dir = str(model_cache_dir(cfg))
+    meta = load_model_meta(fetch_source(source, cache_dir), source.version)  # which members to deploy
+    logging_config = {"enable_access_log": sc.access_log}
     members = {}
     for member in meta.members:
         opts = sc.members.get(member, DeploymentOptions())
         device = "cuda" if opts.num_gpus > 0 else sc.device
         members[member] = BaseModelDeployment.options(
             name=member, num_replicas=opts.num_replicas, max_ongoing_requests=opts.max_ongoing_requests,
-            ray_actor_options=_actor_options(opts),
+            ray_actor_options=_actor_options(opts), logging_config=logging_config,
             user_config={"max_batch_size": opts.max_batch_size, "batch_wait_timeout_s": opts.batch_wait_timeout_s},
-        ).bind(member, directory, version, device, sc.keep_versions)
-    board = ModelBoard.options(name=BOARD_NAME).bind(version, directory)
+        ).bind(member, source.to_dict(), device, sc.keep_versions, cache_dir)
+    board = ModelBoard.options(name=BOARD_NAME, logging_config=logging_config).bind(source.to_dict())
     ing = sc.ingress
     # the clock and the data-age limit travel in user_config only: changing them reconfigures the running
     # ingress in place instead of restarting it
@@ -626,8 +835,8 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     init_cfg.serving.max_data_age_hours = type(sc)().max_data_age_hours
     return Ingress.options(
         name=INGRESS_NAME, num_replicas=ing.num_replicas, max_ongoing_requests=ing.max_ongoing_requests,
-        ray_actor_options=_actor_options(ing),
+        ray_actor_options=_actor_options(ing), logging_config=logging_config,
         user_config={"fixed_now": None if sc.fixed_now is None else _utc(sc.fixed_now).isoformat(),
                      "max_data_age_hours": sc.max_data_age_hours},
-    ).bind(members, board, init_cfg.model_dump(mode="json"), directory, version,
+    ).bind(members, board, init_cfg.model_dump(mode="json"), source.to_dict(),
            admin_digest_from_env(sc.admin_token_env))

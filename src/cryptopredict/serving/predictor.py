@@ -16,21 +16,32 @@ on the same bar (tested). Features come from ``serving/features.py`` (the pipeli
 trailing slice of bars). Every output carries the model version; the fusion refuses member outputs of
 another version (``VersionMismatchError``), so a reload can never mix two models in one answer.
 
-``Predictor`` composes the steps in one process (the Serve app runs the same steps in deployments).
+``Predictor`` composes the steps in one process (the Serve app runs the same steps in deployments: the
+ingress sends each member a ``MemberRequest`` of symbol positions in the snapshot, and the snapshot's
+panel only when the member replica does not hold it yet — ``run_member_requests``, ``PanelCache``).
+``ModelSource`` / ``fetch_source``: where a model version's files come from, fetched by each process itself
+into its node's cache (registry versions, checked against the manifest) so that replicas can run on any
+node.
 Times: ``as_of`` is the open time of the latest bar (the feature row's key; the bar is known at its close,
 ``as_of + bar``); the data age is ``now − (as_of + bar)``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import math
+import os
+import re
+import shutil
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +56,22 @@ from cryptopredict.evaluation.risk import RiskConfig, target_positions
 from cryptopredict.features.scaling import RobustScaler
 from cryptopredict.labels import CLASS_NAMES
 from cryptopredict.models.base import read_manifest
-from cryptopredict.models.ensemble import FORMAT_VERSION, GRAPH_MEMBERS, EnsembleSettings, _fusion_inputs, \
-    build_net, member_outputs
-from cryptopredict.serving.features import RequestFeatures, compute_request_features, latest_bars, \
-    longest_window, lookback_bars, scored_news_now
+from cryptopredict.models.ensemble import (
+    FORMAT_VERSION,
+    GRAPH_MEMBERS,
+    EnsembleSettings,
+    _fusion_inputs,
+    build_net,
+    member_outputs,
+)
+from cryptopredict.serving.features import (
+    RequestFeatures,
+    compute_request_features,
+    latest_bars,
+    longest_window,
+    lookback_bars,
+    scored_news_now,
+)
 from cryptopredict.serving.schemas import ClassProbabilities, Interval, Prediction, Uncertainty
 from cryptopredict.training.trainer import NetPredictions, resolve_device
 from cryptopredict.training.windows import Panel, build_panel
@@ -142,6 +165,16 @@ def load_model_meta(directory: str | Path, version: str | None = None) -> ModelM
                      final_fit=json.loads(final.read_text()) if final.is_file() else {})
 
 
+def _champion_version(registry: Any, name: str) -> str:
+    """The champion version of ``name``; ModelNotLoadedError when the registry has none."""
+    champion = registry.champion(name)
+    if champion is None:
+        raise ModelNotLoadedError(f"the registry {registry.root!r} has no champion of {name!r}: register one "
+                                  "(`cryptopredict run`, `cryptopredict models promote`) or set "
+                                  "serving.model_dir")
+    return champion.version
+
+
 def registry_model(cfg: Config, version: str | None = None, model: str | None = None) -> tuple[Path, str]:
     """(local directory, version) of ``version`` of ``model`` (default ``registry.model``) in the model
     registry, or of its champion when ``version`` is None. The registry is imported here, lazily: serving
@@ -150,13 +183,7 @@ def registry_model(cfg: Config, version: str | None = None, model: str | None = 
 
     name = model or cfg.registry.model
     registry = ModelRegistry.from_config(cfg)
-    if version is None:
-        champion = registry.champion(name)
-        if champion is None:
-            raise ModelNotLoadedError(f"the registry {registry.root!r} has no champion of {name!r}: register one "
-                                      "(`cryptopredict run`, `cryptopredict models promote`) or set "
-                                      "serving.model_dir")
-        version = champion.version
+    version = version if version is not None else _champion_version(registry, name)
     return Path(registry.fetch(name, version)), registry.get(name, version).version
 
 
@@ -174,6 +201,153 @@ def resolve_model(cfg: Config, model_dir: str | Path | None = None, version: str
         path = Path(directory)
         return path, version or cfg.serving.model_version or path.name
     return champion_model(cfg)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the files of one model version come from, in a form any process on any node can act on
+    (``fetch_source``): a registry version (``registry_root`` + ``model`` + ``version``, fetched into the
+    node's own cache and checked against the manifest's checksums), or a model ``directory`` (which must
+    then be readable at that path wherever it is loaded: one machine, or shared storage)."""
+
+    version: str
+    directory: str | None = None
+    registry_root: str | None = None
+    model: str | None = None
+    s3_region: str | None = None
+    s3_endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.directory is None) == (self.registry_root is None):
+            raise ValueError("a ModelSource is a directory or a registry version, exactly one of them")
+        if self.registry_root is not None and not self.model:
+            raise ValueError("a registry ModelSource needs the model name")
+
+    @property
+    def from_registry(self) -> bool:
+        return self.registry_root is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSource:
+        return cls(**dict(d))
+
+    def __str__(self) -> str:
+        if self.directory is not None:
+            return f"{self.directory} (version label {self.version})"
+        return f"{self.model} {self.version} of the registry {self.registry_root}"
+
+
+def directory_source(directory: str | Path, version: str) -> ModelSource:
+    return ModelSource(version=version, directory=str(Path(directory).expanduser().resolve()))
+
+
+def registry_source(cfg: Config, version: str | None = None, model: str | None = None) -> ModelSource:
+    """The registry version ``version`` of ``model`` (default ``registry.model``), or its champion when
+    ``version`` is None, as a source: only the manifest and the champion pointer are read here, nothing is
+    downloaded. ModelNotLoadedError when there is no champion; RegistryError for an unknown version."""
+    from cryptopredict.registry.registry import ModelRegistry
+
+    rc = cfg.registry
+    name = model or rc.model
+    registry = ModelRegistry.from_config(cfg)
+    version = version if version is not None else _champion_version(registry, name)
+    return ModelSource(version=registry.get(name, version).version, registry_root=registry.root, model=name,
+                       s3_region=rc.s3_region or cfg.lake.s3_region, s3_endpoint=rc.s3_endpoint or cfg.lake.s3_endpoint)
+
+
+def resolve_source(cfg: Config, model_dir: str | Path | None = None, version: str | None = None) -> ModelSource:
+    """The model to serve, as a source: ``model_dir`` (or ``serving.model_dir``) with its version label,
+    else the registry's champion (``version``: a registry version instead of the champion)."""
+    directory = model_dir if model_dir is not None else cfg.serving.model_dir
+    if directory is not None:
+        path = Path(directory)
+        return directory_source(path, version or cfg.serving.model_version or path.name)
+    return registry_source(cfg, version)
+
+
+def model_cache_dir(cfg: Config) -> Path:
+    """Where a serving process keeps the registry versions it fetched: ``serving.model_cache_dir``, else
+    ``<registry.cache_dir or ~/.cache/cryptopredict/registry>/serving`` — a path on the node the process runs
+    on (each node fetches for itself)."""
+    if cfg.serving.model_cache_dir:
+        return Path(cfg.serving.model_cache_dir).expanduser()
+    if cfg.registry.cache_dir:
+        return Path(cfg.registry.cache_dir).expanduser() / "serving"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "cryptopredict" / "registry" / "serving"
+
+
+def _mismatches(directory: Path, files: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """What differs between a local directory and a manifest's ``files`` (rel → {sha256, ...})."""
+    from cryptopredict.registry.store import sha256_file
+
+    have = {p.relative_to(directory).as_posix(): p for p in sorted(directory.rglob("*")) if p.is_file()}
+    out = [f"missing {rel}" for rel in sorted(set(files) - set(have))]
+    out += [f"unexpected {rel}" for rel in sorted(set(have) - set(files))]
+    out += [f"{rel}: sha256 differs" for rel in sorted(set(files) & set(have))
+            if sha256_file(have[rel]) != files[rel]["sha256"]]
+    return out
+
+
+_fetch_lock = threading.Lock()
+
+
+def fetch_registered(source: ModelSource, cache_dir: str | Path) -> Path:
+    """A local copy of a registry version under ``cache_dir/<root>/<model>/<version>``, every file checked
+    against the manifest's sha256 (a cached copy is re-checked and fetched again when it differs; a
+    download that does not match raises ChecksumMismatchError and leaves nothing behind). Works for a local
+    and an ``s3://`` registry root alike; safe when several processes of one node fetch at once (each
+    downloads into its own temporary directory; the first rename wins, the others use its copy)."""
+    from cryptopredict.registry.manifest import ChecksumMismatchError
+    from cryptopredict.registry.registry import FILES, ModelRegistry
+
+    if not source.from_registry:
+        raise ValueError(f"{source} is not a registry version")
+    registry = ModelRegistry(source.registry_root, s3_region=source.s3_region,  # type: ignore[arg-type]
+                             s3_endpoint=source.s3_endpoint)
+    target = registry.get(source.model, source.version)  # type: ignore[arg-type]
+    root_key = re.sub(r"[^A-Za-z0-9_.-]+", "_", registry.root.removeprefix("s3://").strip("/"))
+    cached = Path(cache_dir) / root_key / target.model / target.version
+    with _fetch_lock:
+        if cached.is_dir():
+            bad = _mismatches(cached, target.files)
+            if not bad:
+                return cached
+            log.warning("cached copy %s of %s differs from the manifest (%s); fetching it again", cached,
+                        source, "; ".join(bad[:3]))
+            shutil.rmtree(cached, ignore_errors=True)
+        tmp = cached.parent / f".tmp-{target.version}-{uuid.uuid4().hex}"
+        prefix = f"{target.model}/{target.version}/{FILES}"
+        try:
+            for rel in registry.store.list_files(prefix):
+                registry.store.get_file(f"{prefix}/{rel}", tmp / rel)
+            tmp.mkdir(parents=True, exist_ok=True)
+            bad = _mismatches(tmp, target.files)
+            if bad:
+                raise ChecksumMismatchError(f"{source}: the fetched files do not match the manifest ("
+                                            f"{'; '.join(bad[:5])}) — the stored version is damaged; do not "
+                                            "load it")
+            try:
+                os.rename(tmp, cached)
+            except OSError:  # another process of this node renamed its copy first
+                if not cached.is_dir() or _mismatches(cached, target.files):
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    log.info("fetched %s into %s", source, cached)
+    return cached
+
+
+def fetch_source(source: ModelSource, cache_dir: str | Path) -> Path:
+    """The local model directory of ``source``: its own directory, or the node's verified copy of the
+    registry version (``fetch_registered``)."""
+    if source.directory is not None:
+        return Path(source.directory)
+    return fetch_registered(source, cache_dir)
 
 
 # ----------------------------------------------------------------------------------------------- snapshot
@@ -457,6 +631,96 @@ def merge_batches(batches: Sequence[MemberBatch], graph: bool) -> tuple[MemberBa
                        first.model_dir), spans
 
 
+def snapshot_positions(snapshot: Snapshot, symbols: Sequence[str]) -> np.ndarray:
+    """Positions of ``symbols`` in the snapshot's panel (the rows a member predicts at its last bar)."""
+    index = {s: i for i, s in enumerate(snapshot.panel.symbols)}
+    return np.asarray([index[s] for s in symbols], dtype=np.int64)
+
+
+@dataclass
+class MemberRequest:
+    """What the Serve ingress sends one base-model deployment for a batch of HTTP requests: the rows of one
+    model version and one snapshot, as symbol positions in the snapshot's panel (every row at its last
+    bar; a symbol asked by two requests is two rows). The panel itself (~250 kB for 11 symbols) travels
+    only when the member answers ``SnapshotMissing`` — once per snapshot and member replica — and the
+    member keeps it (``PanelCache``). ``source``: where the member finds the version's files if it has not
+    loaded it (a ``ModelSource`` as a dict)."""
+
+    version: str
+    snapshot_id: str
+    positions: np.ndarray
+    source: dict[str, Any] | None = None
+    panel: Panel | None = None
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+@dataclass(frozen=True)
+class SnapshotMissing:
+    """A member's answer when it does not hold the request's snapshot: send it again with the panel."""
+
+    snapshot_id: str
+
+
+class PanelCache:
+    """The snapshot panels one member replica holds, by snapshot id (the ``keep`` most recently used)."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._panels: OrderedDict[str, Panel] = OrderedDict()
+        self._lock = threading.Lock()
+        self.received = 0
+
+    def get(self, snapshot_id: str) -> Panel | None:
+        with self._lock:
+            panel = self._panels.get(snapshot_id)
+            if panel is not None:
+                self._panels.move_to_end(snapshot_id)
+            return panel
+
+    def put(self, snapshot_id: str, panel: Panel) -> None:
+        with self._lock:
+            self._panels[snapshot_id] = panel
+            self._panels.move_to_end(snapshot_id)
+            self.received += 1
+            while len(self._panels) > self.keep:
+                self._panels.popitem(last=False)
+
+    def __contains__(self, snapshot_id: str) -> bool:
+        with self._lock:
+            return snapshot_id in self._panels
+
+
+def run_member_requests(runner_for: Callable[[str, dict[str, Any] | None], MemberRunner], panels: PanelCache,
+                        requests: Sequence[MemberRequest]) -> list[MemberOutput | SnapshotMissing]:
+    """A base-model deployment's work for a batch of requests: the requests of one (version, snapshot) run
+    through the net together, each gets its own rows back; a request whose snapshot this replica does not
+    hold (and that does not carry it) gets ``SnapshotMissing``. ``runner_for(version, source)`` gives the
+    runner of a version (loading it when needed)."""
+    out: list[MemberOutput | SnapshotMissing | None] = [None] * len(requests)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(requests):
+        if r.panel is not None:
+            panels.put(r.snapshot_id, r.panel)
+        groups.setdefault((r.version, r.snapshot_id), []).append(i)
+    for (version, snapshot_id), idx in groups.items():
+        panel = panels.get(snapshot_id)
+        if panel is None:
+            for i in idx:
+                out[i] = SnapshotMissing(snapshot_id)
+            continue
+        runner = runner_for(version, next((requests[i].source for i in idx if requests[i].source), None))
+        positions = np.concatenate([np.asarray(requests[i].positions, dtype=np.int64) for i in idx])
+        merged = runner.run_positions(panel, positions, snapshot_id, version)
+        start = 0
+        for i in idx:
+            n = len(requests[i])
+            out[i] = merged.take(np.arange(start, start + n))
+            start += n
+    return [o for o in out if o is not None]
+
+
 class MemberRunner:
     """One base net of one model version: loads only ``<member>.pt`` and runs it on member batches."""
 
@@ -488,6 +752,16 @@ class MemberRunner:
                             np.asarray(out.log_vol_var, dtype=float), np.asarray(out.confidence, dtype=float),
                             time.perf_counter() - t0)
 
+    def run_positions(self, panel: Panel, positions: np.ndarray, snapshot_id: str, version: str | None = None
+                      ) -> MemberOutput:
+        """Rows at the panel's last bar for the symbols at ``positions`` (the whole snapshot panel: a
+        sequence net reads only those symbols' windows, the graph net every symbol's), for model
+        ``version`` (default this runner's; another one is a VersionMismatchError)."""
+        last = np.full(len(positions), len(panel.times) - 1, dtype=np.int64)
+        return self.run(MemberBatch(version or self.version, snapshot_id, panel,
+                                    (np.array(positions, dtype=np.int64), last),
+                                    [panel.symbols[int(i)] for i in positions]))
+
     def run_many(self, batches: Sequence[MemberBatch]) -> list[MemberOutput]:
         """Several requests' batches through the net together (grouped by version and snapshot)."""
         results: list[MemberOutput | None] = [None] * len(batches)
@@ -504,6 +778,17 @@ class MemberRunner:
 
 # ----------------------------------------------------------------------------------------------- fusion
 
+@functools.lru_cache(maxsize=8)
+def _hermite_nodes(nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite (probabilists') nodes and normalised weights: ∫ f(x) φ(x) dx ≈ Σ w f(x) (computed once:
+    ~0.5 ms a call, a quarter of the fusion step's time per row)."""
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    x.setflags(write=False)
+    w = w / w.sum()
+    w.setflags(write=False)
+    return x, w
+
+
 def return_interval(log_vol: float, log_vol_var: float, level: float, nodes: int = 48) -> tuple[float, float]:
     """Central ``level`` interval of the horizon log return r, zero-centred: r | σ ~ N(0, σ²) with
     log σ ~ N(log_vol, log_vol_var) (the predicted realised volatility and its total variance), i.e. q with
@@ -511,8 +796,7 @@ def return_interval(log_vol: float, log_vol_var: float, level: float, nodes: int
     from scipy.optimize import brentq
     from scipy.special import erf
 
-    x, w = np.polynomial.hermite_e.hermegauss(nodes)  # ∫ f(x) φ(x) dx ≈ Σ w f(x) / √(2π)
-    w = w / w.sum()
+    x, w = _hermite_nodes(nodes)
     sigmas = np.exp(log_vol + math.sqrt(max(log_vol_var, 0.0)) * x)
 
     def coverage(q: float) -> float:

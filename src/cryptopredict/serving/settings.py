@@ -16,7 +16,8 @@ class DeploymentOptions(BaseModel):
     num_cpus: float = Field(0.25, gt=0, description="CPUs each replica reserves (Serve's default 1 would not "
                             "schedule five deployments on two cores)")
     num_gpus: float = Field(0.0, ge=0, description="a fraction of a GPU per replica on GPU nodes")
-    max_batch_size: int = Field(16, ge=1, description="@serve.batch: requests run through the net together")
+    max_batch_size: int = Field(16, ge=1, description="@serve.batch: requests run through the net together "
+                                "(ingress: HTTP requests whose rows one call to each base model carries)")
     batch_wait_timeout_s: float = Field(0.001, ge=0, description="@serve.batch: wait this long for more "
                                         "requests (requests queued while a batch runs join the next anyway)")
     max_ongoing_requests: int = Field(64, ge=1)
@@ -53,6 +54,15 @@ class ServingConfig(BaseModel):
     members: dict[str, DeploymentOptions] = Field(default_factory=_members,
                                                   description="per base model deployment options")
     ingress: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    ingress_batches_in_flight: int = Field(2, ge=1, description="batches of requests the ingress has in the "
+                                           "base models (and the fusion) at once: the next batch forms while "
+                                           "one runs")
+    model_cache_dir: str | None = Field(None, description="where each Serve replica keeps the registry "
+                                        "versions it fetched itself (checked against the manifest); null: "
+                                        "<registry.cache_dir or ~/.cache/cryptopredict/registry>/serving, on "
+                                        "the replica's own node")
+    access_log: bool = Field(False, description="Ray Serve's per-request access log lines in the replicas "
+                             "(request counts and latencies are in /metrics either way)")
     fixed_now: datetime | None = Field(None, description="judge data freshness against this time instead of "
                                        "the wall clock (replaying stored data); null: the wall clock")
     model_poll_seconds: float = Field(2.0, gt=0, description="ingress replicas check for a model reloaded by "
