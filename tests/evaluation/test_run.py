@@ -199,39 +199,6 @@ def test_folds_split_into_parallel_chunks_give_the_same_predictions(evaluated) -
         pd.testing.assert_frame_equal(a.sort_index(), b.sort_index())
 
 
-@pytest.mark.ray
-def test_a_ray_train_models_final_fit_starts_as_soon_as_its_own_walk_forward_ends(
-        monkeypatch: pytest.MonkeyPatch, ray_session) -> None:  # type: ignore[no-untyped-def]
-    """``after_driver`` runs when the driver-side model (the ensemble, fitted through Ray Train) is done,
-    while a slower item is still running — ``evaluate`` starts that model's final fit there."""
-    import threading
-    import time
-
-    from cryptopredict.evaluation import run as R
-
-    cfg = load_config(None, ["ray.parallelism=serial", "evaluation.models=[logistic,ensemble]"])
-    assert R.ec_backend(cfg, "ensemble") == "ray" and R.ec_backend(cfg, "logistic") != "ray"
-    events: list[tuple[str, str]] = []
-    lock = threading.Lock()
-
-    def fake_walk_forward(_cfg, item):  # type: ignore[no-untyped-def]
-        if item["model"] == "logistic":
-            time.sleep(1.5)
-        with lock:
-            events.append(("walk-forward done", item["model"]))
-        return {"model": item["model"], "rows": 1, "folds": [], "seconds": 0.0, "chunk": item.get("chunk")}
-
-    def after(model: str) -> None:
-        with lock:
-            events.append(("after", model))
-
-    monkeypatch.setattr(R, "walk_forward_model", fake_walk_forward)
-    monkeypatch.setattr(R, "read_predictions", lambda _cfg, _run, _model: pd.DataFrame())
-    monkeypatch.setattr(R, "member_frames", lambda _name, _frame: {})
-    R.evaluate_models(cfg, "t-after", ["logistic", "ensemble"], after_driver=after)
-    assert events == [("walk-forward done", "ensemble"), ("after", "ensemble"), ("walk-forward done", "logistic")]
-
-
 def test_final_fit_refuses_a_model_the_evaluation_does_not_run(tmp_path: Path) -> None:
     from cryptopredict.evaluation.scoring import final_fit
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,17 +260,14 @@ def verdict(best: ModelResult | None) -> str:
 
 
 def evaluate_models(cfg: Config, run_id: str, models: list[str], *, shuffle_seed: int | None = None,
-                    leave_free: float = 0.0, after_driver: Callable[[str], object] | None = None
-                    ) -> tuple[dict[str, pd.DataFrame], list[dict]]:
+                    leave_free: float = 0.0) -> tuple[dict[str, pd.DataFrame], list[dict]]:
     """Walk-forward every model; (predictions by model, fold summaries).
 
     Models that train through Ray Train (``backend: ray``) run their walk-forward from the driver, in a
     thread beside the others (one parallel item each): a Ray Train fit started from inside a Ray task
     would wait for CPUs that the task's siblings hold. The other models run as Ray items, each split into
     ``evaluation.fold_chunks[model]`` items over its folds. ``leave_free``: CPUs to keep unreserved for a
-    Ray Train fit running elsewhere (the final fit in the background). ``after_driver(model)`` is called
-    in the driver's thread as soon as such a model's walk-forward is done, while the other items still run
-    (``evaluate`` starts that model's final fit there, so it does not wait for the slowest item)."""
+    Ray Train fit running elsewhere (the final fit in the background)."""
     extra = {"shuffle_seed": shuffle_seed} if shuffle_seed is not None else {}
     on_driver = [m for m in models if ec_backend(cfg, m) == "ray"]
     chunks = {m: max(1, int(cfg.evaluation.fold_chunks.get(m, 1))) for m in models if m not in on_driver}
@@ -294,14 +290,9 @@ def evaluate_models(cfg: Config, run_id: str, models: list[str], *, shuffle_seed
             total = float(ray.cluster_resources().get("CPU", 1))
             reserved = sum(_reserved_cpus(cfg, m) for m in on_driver) + leave_free
             per_item = max(0.1, min(1.0, (total - reserved) / max(1.0, total))) if reserved else 1.0
-        def drive(m: str) -> dict:
-            out = walk_forward_model(absolute_paths(cfg), {"model": m, "run_id": run_id, **extra})
-            if after_driver is not None:
-                after_driver(m)
-            return out
-
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures = [pool.submit(drive, m) for m in on_driver]
+            futures = [pool.submit(walk_forward_model, absolute_paths(cfg), {"model": m, "run_id": run_id,
+                                                                             **extra}) for m in on_driver]
             outs = parallel_map(cfg, items, walk_forward_model, desc="walk-forward",
                                 num_cpus=per_item) if items else []
             outs += [f.result() for f in futures]
@@ -425,9 +416,10 @@ def run_canaries(cfg: Config, run_id: str, run_dir: Path, *, leave_free: float =
 def evaluate(cfg: Config, run_id: str | None = None) -> tuple[RunResult, Path]:
     """The whole evaluation; returns the result and the report directory.
 
-    The final fits (``evaluation.final_fit``) run in background threads: a Ray Train model's as soon as its
-    own walk-forward is done (beside the other models' walk-forward items), the others' once the whole
-    walk-forward is done (beside the scoring, canaries and report). The canaries, too, run in a background
+    The final fits (``evaluation.final_fit``) run in background threads: a Ray Train model's from the start,
+    beside the walk-forward (the longest chain of work is that model's own walk-forward, so its final fit
+    must not wait for it), the others' once the walk-forward is done (beside the scoring, canaries and
+    report). The canaries, too, run in a background
     thread beside the scoring; they leave the CPUs of the Ray Train workers unreserved so neither waits for
     the other."""
     from concurrent.futures import ThreadPoolExecutor
@@ -457,13 +449,11 @@ def _evaluate(cfg: Config, run_id: str, run_dir: Path, pool, final_cpus: float) 
     from cryptopredict.evaluation.scoring import final_fit
 
     ec = cfg.evaluation
-    early: dict[str, Future] = {}
-
-    def start_final_fit(model: str) -> None:  # a Ray Train model's walk-forward is done: fit it on all rows now
-        early[model] = pool.submit(final_fit, cfg, run_dir, [model])
-
-    frames, folds = evaluate_models(cfg, run_id, list(ec.models),
-                                    after_driver=start_final_fit if ec.final_fit else None)
+    # a Ray Train model's final fit needs nothing from the walk-forward: it starts now, on its own workers,
+    # beside the walk-forward (whose items leave those workers' CPUs unreserved)
+    early: dict[str, Future] = {m: pool.submit(final_fit, cfg, run_dir, [m]) for m in ec.models
+                                if ec.final_fit and ec_backend(cfg, m) == "ray"}
+    frames, folds = evaluate_models(cfg, run_id, list(ec.models), leave_free=final_cpus if early else 0.0)
     rest = [m for m in ec.models if m not in early]
     final = pool.submit(final_fit, cfg, run_dir, rest) if ec.final_fit and rest else None
     # the canaries need only the configuration: they run (mostly in Ray workers) beside the scoring below

@@ -374,7 +374,10 @@ class LogisticBaseline(_OLSVolBaseline):
         design = self._design(train)[mask]
         if np.unique(labels).size < 2:
             raise ValueError("logistic baseline needs at least two classes in training")
-        clf = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(design, labels)
+        # Newton–Cholesky: a few exact Newton steps (the design has ~200 columns) reach the unique optimum
+        # of this strictly convex objective; L-BFGS stopped short of it (on the shipped data's fold 0 a
+        # higher objective after 254 iterations, probabilities up to 0.17 apart) and took 3× the time
+        clf = LogisticRegression(C=self.C, max_iter=self.max_iter, solver="newton-cholesky").fit(design, labels)
         self.classes = [int(c) for c in clf.classes_]
         if len(self.classes) == 2:  # binary: one score z for classes_[1]; softmax over (0, z) is the same
             self.coef = np.vstack([np.zeros_like(clf.coef_[0]), clf.coef_[0]])
