@@ -5,11 +5,7 @@ deployed app becomes healthy, then ready, answers a real /predict, and ``serve s
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,26 +15,17 @@ import yaml
 
 from cryptopredict.serving.app import APP_NAME
 from tests.conftest import REPO_ROOT
+from tests.support.ray_head import BIN, free_port, head_env, local_head
 from tests.support.served_model import SYMBOLS, ServedModel
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-BIN = Path(sys.executable).parent
 VERSION = "deploy-v1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _head_env() -> dict[str, str]:
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
-               RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.pop("RAY_ADDRESS", None)
+    env = head_env(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env.pop("RAY_SERVE_THROUGHPUT_OPTIMIZED", None)  # Serve's defaults: the load goes through the proxy
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # as after `source .venv/bin/activate`
     return env
 
 
@@ -75,20 +62,11 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_serve_deploy_onto_a_running_head(served_model: ServedModel, tmp_path: Path) -> None:
-    gcs, dash, agent_http, agent_grpc, metrics, runtime_env, http_port = (_free_port() for _ in range(7))
+    http_port = free_port()
     env = _head_env()
     config = _deploy_config(served_model, tmp_path, http_port)
-    address = f"http://127.0.0.1:{dash}"
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=2", f"--port={gcs}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         # own ports: the suite's in-process Ray may hold the default agent ports
-         f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-         "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{http_port}"
-    try:
+    with local_head(env) as (head, address):
         deadline = time.time() + 120
         for attempt in range(60):  # the dashboard, then its agent, answer some seconds after the head starts
             deploy = subprocess.run([str(BIN / "serve"), "deploy", str(config), "-a", address], env=env,
@@ -134,10 +112,3 @@ def test_serve_deploy_onto_a_running_head(served_model: ServedModel, tmp_path: P
         while _get(url + "/healthz")[0] == 200 and time.time() < deadline:
             time.sleep(1)
         assert _get(url + "/healthz")[0] != 200  # the app (and Serve's proxy) is gone
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)  # this head only: never `ray stop` (it stops every Ray here)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait(30)
